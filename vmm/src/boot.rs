@@ -1,0 +1,90 @@
+//! Loading a kernel for the Linux x86_64 64-bit boot protocol: the ELF image, its command
+//! line, an optional initrd, and the zero page that describes them.
+
+use std::fs::File;
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::{elf::Elf, load_cmdline, KernelLoader};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::arch::boot_params::{self, BootInputs, BootParamsError};
+use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MMIO_GAP_START};
+
+const PAGE_SIZE: u64 = 4096;
+
+/// Errors from loading the kernel and its boot data into guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The ELF image could not be loaded (bad headers, segments outside memory).
+    #[error("cannot load the kernel ELF image: {0}")]
+    LoadKernel(#[source] linux_loader::loader::Error),
+    /// The command line could not be built or written.
+    #[error("cannot write the kernel command line: {0}")]
+    Cmdline(String),
+    /// The initrd size could not be read.
+    #[error("cannot read the initrd: {0}")]
+    ReadInitrd(#[source] std::io::Error),
+    /// The initrd does not fit between the kernel and the end of low memory.
+    #[error("the initrd ({size} bytes) does not fit in guest memory above the kernel")]
+    InitrdTooLarge {
+        /// Size of the initrd.
+        size: u64,
+    },
+    /// The initrd could not be copied into guest memory.
+    #[error("cannot copy the initrd into guest memory: {0}")]
+    LoadInitrd(#[source] vm_memory::GuestMemoryError),
+    /// The zero page could not be built or written.
+    #[error(transparent)]
+    BootParams(#[from] BootParamsError),
+}
+
+/// Loads everything the kernel needs and returns its entry point.
+pub fn load(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    kernel: &mut File,
+    cmdline: &str,
+    initrd: Option<&mut File>,
+) -> Result<GuestAddress, BootError> {
+    let loaded = Elf::load(mem, None, kernel, Some(HIMEM_START)).map_err(BootError::LoadKernel)?;
+    let cmdline_size = write_cmdline(mem, cmdline)?;
+    let initrd = initrd
+        .map(|file| load_initrd(mem, mem_size, loaded.kernel_end, file))
+        .transpose()?;
+    let inputs = BootInputs {
+        cmdline_addr: CMDLINE_START,
+        cmdline_size,
+        initrd,
+    };
+    boot_params::write(mem, &boot_params::build(mem_size, &inputs)?)?;
+    Ok(loaded.kernel_load)
+}
+
+/// Writes the command line and returns its size including the NUL.
+fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<usize, BootError> {
+    let line = Cmdline::try_from(cmdline, CMDLINE_MAX_SIZE)
+        .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    load_cmdline(mem, CMDLINE_START, &line).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    Ok(cmdline.len() + 1)
+}
+
+/// Copies the initrd to the top of low memory, page aligned, above the kernel.
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    kernel_end: u64,
+    file: &mut File,
+) -> Result<(GuestAddress, u64), BootError> {
+    let size = file.metadata().map_err(BootError::ReadInitrd)?.len();
+    let low_end = mem_size.min(MMIO_GAP_START);
+    let addr = low_end
+        .checked_sub(size)
+        .map(|a| a & !(PAGE_SIZE - 1))
+        .filter(|&a| a >= kernel_end)
+        .ok_or(BootError::InitrdTooLarge { size })?;
+    let count = usize::try_from(size).map_err(|_| BootError::InitrdTooLarge { size })?;
+    mem.read_exact_volatile_from(GuestAddress(addr), file, count)
+        .map_err(BootError::LoadInitrd)?;
+    debug_assert!(GuestAddress(addr).checked_add(size).is_some());
+    Ok((GuestAddress(addr), size))
+}

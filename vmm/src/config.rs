@@ -1,0 +1,309 @@
+//! Building a VM: the builder and the validation that turns it into a [`VmConfig`].
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::arch::layout::CMDLINE_MAX_SIZE;
+use crate::console::SerialOutput;
+
+/// Most vCPUs a VM may have: APIC IDs must fit the 8 bits of CPUID leaf 1.
+pub const MAX_VCPUS: u8 = 254;
+/// Least memory a VM may have: the kernel loads at 1 MiB and needs room above it.
+pub const MIN_MEMORY_MIB: u64 = 8;
+/// Most memory a VM may have (1 TiB); more is a mistake, not a microVM.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+
+/// A configuration field that failed validation, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `vcpus` was 0.
+    #[error("vcpus: a VM needs at least one vCPU")]
+    NoVcpus,
+    /// `vcpus` was above [`MAX_VCPUS`].
+    #[error("vcpus: {requested} requested, at most {max} are supported")]
+    TooManyVcpus {
+        /// Requested count.
+        requested: u32,
+        /// Maximum supported.
+        max: u8,
+    },
+    /// `memory_mib` was below [`MIN_MEMORY_MIB`].
+    #[error("memory_mib: {requested} MiB is too small, at least {min} MiB are needed")]
+    MemoryTooSmall {
+        /// Requested size in MiB.
+        requested: u64,
+        /// Minimum in MiB.
+        min: u64,
+    },
+    /// `memory_mib` was above [`MAX_MEMORY_MIB`].
+    #[error("memory_mib: {requested} MiB is more than the maximum of {max} MiB")]
+    MemoryTooLarge {
+        /// Requested size in MiB.
+        requested: u64,
+        /// Maximum in MiB.
+        max: u64,
+    },
+    /// No kernel was given.
+    #[error("kernel: no kernel image was given")]
+    NoKernel,
+    /// The kernel file could not be opened.
+    #[error("kernel: cannot open {path}: {source}")]
+    KernelUnreadable {
+        /// The path given.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The kernel file is not an ELF image.
+    #[error("kernel: {path} is not an ELF image")]
+    KernelNotElf {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The initrd file could not be opened.
+    #[error("initrd: cannot open {path}: {source}")]
+    InitrdUnreadable {
+        /// The path given.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The command line is longer than the boot protocol allows.
+    #[error("cmdline: {len} bytes is longer than the maximum of {max}")]
+    CmdlineTooLong {
+        /// Length given, in bytes.
+        len: usize,
+        /// Maximum length, in bytes.
+        max: usize,
+    },
+    /// The command line has characters the boot protocol does not allow.
+    #[error("cmdline: only printable ASCII is allowed")]
+    CmdlineInvalid,
+}
+
+/// A validated VM configuration.
+pub struct VmConfig {
+    pub(crate) vcpus: u8,
+    pub(crate) memory_bytes: u64,
+    pub(crate) kernel: File,
+    pub(crate) cmdline: String,
+    pub(crate) initrd: Option<File>,
+    pub(crate) serial_output: SerialOutput,
+    pub(crate) serial_input: Option<Box<dyn Read + Send>>,
+}
+
+/// Builds a microVM.
+///
+/// ```no_run
+/// use zygote::{ConsoleBuffer, SerialOutput, VmBuilder};
+///
+/// let console = ConsoleBuffer::new();
+/// let mut vm = VmBuilder::new()
+///     .vcpus(1)
+///     .memory_mib(128)
+///     .kernel("guest.elf")
+///     .cmdline("zygote.workload=ready")
+///     .serial_output(SerialOutput::Buffer(console.clone()))
+///     .build()?
+///     .start()?;
+/// let exit = vm.wait()?;
+/// println!("{exit:?}: {}", console.text());
+/// # Ok::<(), zygote::Error>(())
+/// ```
+pub struct VmBuilder {
+    vcpus: u32,
+    memory_mib: u64,
+    kernel: Option<PathBuf>,
+    cmdline: String,
+    initrd: Option<PathBuf>,
+    serial_output: SerialOutput,
+    serial_input: Option<Box<dyn Read + Send>>,
+}
+
+impl Default for VmBuilder {
+    fn default() -> Self {
+        Self {
+            vcpus: 1,
+            memory_mib: 128,
+            kernel: None,
+            cmdline: String::new(),
+            initrd: None,
+            serial_output: SerialOutput::Discard,
+            serial_input: None,
+        }
+    }
+}
+
+impl VmBuilder {
+    /// A builder with one vCPU, 128 MiB of memory and no kernel yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of vCPUs.
+    pub fn vcpus(mut self, vcpus: u32) -> Self {
+        self.vcpus = vcpus;
+        self
+    }
+
+    /// Guest memory in MiB.
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// The kernel: an ELF image (a Linux `vmlinux` or Zygote's guest kernel).
+    pub fn kernel(mut self, path: impl AsRef<Path>) -> Self {
+        self.kernel = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// The kernel command line.
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.cmdline = cmdline.into();
+        self
+    }
+
+    /// An initial ramdisk loaded at the top of low memory.
+    pub fn initrd(mut self, path: impl AsRef<Path>) -> Self {
+        self.initrd = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Where the guest's serial console goes.
+    pub fn serial_output(mut self, output: SerialOutput) -> Self {
+        self.serial_output = output;
+        self
+    }
+
+    /// Sends the guest's serial console output to any writer.
+    pub fn serial_writer(self, writer: impl Write + Send + 'static) -> Self {
+        self.serial_output(SerialOutput::Writer(Box::new(writer)))
+    }
+
+    /// A source of bytes the guest receives on its serial port.
+    pub fn serial_input(mut self, input: impl Read + Send + 'static) -> Self {
+        self.serial_input = Some(Box::new(input));
+        self
+    }
+
+    /// Validates the configuration without creating anything.
+    pub fn validate(self) -> Result<VmConfig, ConfigError> {
+        let vcpus = validate_vcpus(self.vcpus)?;
+        let memory_bytes = validate_memory(self.memory_mib)?;
+        let kernel = open_kernel(self.kernel.as_deref().ok_or(ConfigError::NoKernel)?)?;
+        validate_cmdline(&self.cmdline)?;
+        let initrd = self
+            .initrd
+            .map(|path| {
+                File::open(&path).map_err(|source| ConfigError::InitrdUnreadable { path, source })
+            })
+            .transpose()?;
+        Ok(VmConfig {
+            vcpus,
+            memory_bytes,
+            kernel,
+            cmdline: self.cmdline,
+            initrd,
+            serial_output: self.serial_output,
+            serial_input: self.serial_input,
+        })
+    }
+
+    /// Validates the configuration and creates the VM, ready to start.
+    pub fn build(self) -> Result<crate::Vm, crate::Error> {
+        crate::Vm::create(self.validate()?)
+    }
+}
+
+fn validate_vcpus(vcpus: u32) -> Result<u8, ConfigError> {
+    match u8::try_from(vcpus) {
+        Ok(0) => Err(ConfigError::NoVcpus),
+        Ok(n) if n <= MAX_VCPUS => Ok(n),
+        _ => Err(ConfigError::TooManyVcpus {
+            requested: vcpus,
+            max: MAX_VCPUS,
+        }),
+    }
+}
+
+fn validate_memory(mib: u64) -> Result<u64, ConfigError> {
+    if mib < MIN_MEMORY_MIB {
+        return Err(ConfigError::MemoryTooSmall {
+            requested: mib,
+            min: MIN_MEMORY_MIB,
+        });
+    }
+    if mib > MAX_MEMORY_MIB {
+        return Err(ConfigError::MemoryTooLarge {
+            requested: mib,
+            max: MAX_MEMORY_MIB,
+        });
+    }
+    Ok(mib << 20)
+}
+
+fn open_kernel(path: &Path) -> Result<File, ConfigError> {
+    let unreadable = |source| ConfigError::KernelUnreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(unreadable)?;
+    let mut magic = [0u8; 4];
+    let is_elf = match file.read_exact(&mut magic) {
+        Ok(()) => magic == *b"\x7fELF",
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+        Err(e) => return Err(unreadable(e)),
+    };
+    if !is_elf {
+        return Err(ConfigError::KernelNotElf {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(file)
+}
+
+fn validate_cmdline(cmdline: &str) -> Result<(), ConfigError> {
+    // The boot protocol needs room for the terminating NUL.
+    if cmdline.len() >= CMDLINE_MAX_SIZE {
+        return Err(ConfigError::CmdlineTooLong {
+            len: cmdline.len(),
+            max: CMDLINE_MAX_SIZE - 1,
+        });
+    }
+    if !cmdline.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Err(ConfigError::CmdlineInvalid);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_checks() {
+        assert!(matches!(validate_vcpus(0), Err(ConfigError::NoVcpus)));
+        assert!(matches!(validate_vcpus(255), Err(ConfigError::TooManyVcpus { .. })));
+        assert!(matches!(validate_vcpus(1 << 20), Err(ConfigError::TooManyVcpus { .. })));
+        assert_eq!(validate_vcpus(2).unwrap(), 2);
+        assert!(matches!(validate_memory(0), Err(ConfigError::MemoryTooSmall { .. })));
+        assert!(matches!(validate_memory(u64::MAX), Err(ConfigError::MemoryTooLarge { .. })));
+        assert_eq!(validate_memory(16).unwrap(), 16 << 20);
+        assert!(matches!(
+            validate_cmdline(&"x".repeat(CMDLINE_MAX_SIZE)),
+            Err(ConfigError::CmdlineTooLong { .. })
+        ));
+        assert!(matches!(validate_cmdline("a\nb"), Err(ConfigError::CmdlineInvalid)));
+        validate_cmdline("console=ttyS0 zygote.workload=ready").unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = validate_memory(1).unwrap_err().to_string();
+        assert!(err.starts_with("memory_mib:"), "{err}");
+        let err = VmBuilder::new().validate().err().unwrap().to_string();
+        assert!(err.starts_with("kernel:"), "{err}");
+    }
+}

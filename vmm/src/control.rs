@@ -1,0 +1,205 @@
+//! Run-state shared by a VM's handle and its vCPU threads: pause, resume, stop, and the exit
+//! reason, with the kicks that pull vCPUs out of `KVM_RUN`.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use zygote_devices::{VmRequest, VmRequestSink};
+
+use crate::exit::{ExitReason, GuestFault};
+use crate::vcpu::Kick;
+
+/// The state of a VM as its owner sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmState {
+    /// vCPUs are running guest code.
+    Running,
+    /// vCPUs are parked; guest memory and device state are still.
+    Paused,
+    /// The VM has stopped (or is stopping); see its exit reason.
+    Stopped,
+}
+
+/// What a vCPU thread should do next.
+pub(crate) enum Next {
+    Run,
+    Stop,
+}
+
+struct State {
+    run: VmState,
+    vcpus_alive: usize,
+    vcpus_parked: usize,
+    kicks: Vec<Option<Kick>>,
+    exit: Option<ExitReason>,
+}
+
+/// Run-state shared between a VM handle, its vCPU threads and its devices.
+pub(crate) struct VmControl {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// How long `pause` waits for every vCPU to park before reporting failure.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a pause re-sends its kick while waiting.
+const KICK_INTERVAL: Duration = Duration::from_millis(5);
+
+impl VmControl {
+    pub(crate) fn new(vcpus: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                run: VmState::Running,
+                vcpus_alive: 0,
+                vcpus_parked: 0,
+                kicks: (0..vcpus).map(|_| None).collect(),
+                exit: None,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, guard: MutexGuard<'a, State>, timeout: Duration) -> MutexGuard<'a, State> {
+        match self.changed.wait_timeout(guard, timeout) {
+            Ok((guard, _)) => guard,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
+    }
+
+    /// Called by vCPU thread `index` when it starts: makes it kickable.
+    pub(crate) fn register(&self, index: usize, kick: Kick) {
+        let mut state = self.lock();
+        state.vcpus_alive += 1;
+        state.kicks[index] = Some(kick);
+        if state.run == VmState::Stopped {
+            kick_all(&state);
+        }
+    }
+
+    /// Called by vCPU thread `index` as it ends, before its `kvm_run` mapping goes away.
+    pub(crate) fn unregister(&self, index: usize) {
+        let mut state = self.lock();
+        state.kicks[index] = None;
+        state.vcpus_alive -= 1;
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// Called by a vCPU thread before each `KVM_RUN`: parks while paused.
+    pub(crate) fn next(&self) -> Next {
+        let mut state = self.lock();
+        let mut parked = false;
+        loop {
+            match state.run {
+                VmState::Running => break,
+                VmState::Stopped => break,
+                VmState::Paused => {
+                    if !parked {
+                        parked = true;
+                        state.vcpus_parked += 1;
+                        self.changed.notify_all();
+                    }
+                    state = self.wait(state, Duration::from_secs(1));
+                }
+            }
+        }
+        if parked {
+            state.vcpus_parked -= 1;
+        }
+        match state.run {
+            VmState::Stopped => Next::Stop,
+            _ => Next::Run,
+        }
+    }
+
+    /// Stops the VM with `reason`, unless it already stopped with another.
+    pub(crate) fn finish(&self, reason: ExitReason) {
+        let mut state = self.lock();
+        if state.exit.is_none() {
+            state.exit = Some(reason);
+        }
+        state.run = VmState::Stopped;
+        kick_all(&state);
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    pub(crate) fn state(&self) -> VmState {
+        self.lock().run
+    }
+
+    pub(crate) fn exit_reason(&self) -> Option<ExitReason> {
+        self.lock().exit.clone()
+    }
+
+    /// Parks every vCPU. Returns the state found if the VM was not running.
+    pub(crate) fn pause(&self) -> Result<(), VmState> {
+        let mut state = self.lock();
+        if state.run != VmState::Running {
+            return Err(state.run);
+        }
+        state.run = VmState::Paused;
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        while state.run == VmState::Paused && state.vcpus_parked < state.vcpus_alive {
+            if Instant::now() >= deadline {
+                // Leave the request in place: late vCPUs park when they next leave KVM_RUN.
+                return Ok(());
+            }
+            kick_all(&state);
+            state = self.wait(state, KICK_INTERVAL);
+        }
+        match state.run {
+            VmState::Paused => Ok(()),
+            other => Err(other),
+        }
+    }
+
+    /// Lets parked vCPUs run again. Returns the state found if the VM was not paused.
+    pub(crate) fn resume(&self) -> Result<(), VmState> {
+        let mut state = self.lock();
+        if state.run != VmState::Paused {
+            return Err(state.run);
+        }
+        state.run = VmState::Running;
+        drop(state);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Waits until the VM stops or `timeout` passes; returns the exit reason if it stopped.
+    pub(crate) fn wait_exit(&self, timeout: Option<Duration>) -> Option<ExitReason> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut state = self.lock();
+        loop {
+            if let Some(exit) = &state.exit {
+                return Some(exit.clone());
+            }
+            let left = match deadline {
+                Some(d) => d.checked_duration_since(Instant::now())?,
+                None => Duration::from_secs(1),
+            };
+            state = self.wait(state, left);
+        }
+    }
+}
+
+fn kick_all(state: &State) {
+    for kick in state.kicks.iter().flatten() {
+        kick.kick();
+    }
+}
+
+impl VmRequestSink for VmControl {
+    fn request(&self, request: VmRequest) {
+        let reason = match request {
+            VmRequest::Exit(code) => ExitReason::Exited(code),
+            VmRequest::Fault(vector) => ExitReason::GuestFault(GuestFault::Exception { vector }),
+            VmRequest::Reset => ExitReason::Reset,
+        };
+        self.finish(reason);
+    }
+}

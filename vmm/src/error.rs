@@ -1,0 +1,73 @@
+//! The library's top-level error.
+
+use crate::boot::BootError;
+use crate::config::ConfigError;
+use crate::control::VmState;
+use crate::memory::MemoryError;
+use crate::vcpu::VcpuError;
+
+/// A KVM VM-level operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm: {0}")]
+    Open(#[source] kvm_ioctls::Error),
+    /// `KVM_CREATE_VM` failed.
+    #[error("KVM_CREATE_VM failed: {0}")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    /// `KVM_SET_IDENTITY_MAP_ADDR` failed.
+    #[error("KVM_SET_IDENTITY_MAP_ADDR failed: {0}")]
+    IdentityMap(#[source] kvm_ioctls::Error),
+    /// `KVM_SET_TSS_ADDR` failed.
+    #[error("KVM_SET_TSS_ADDR failed: {0}")]
+    TssAddress(#[source] kvm_ioctls::Error),
+    /// `KVM_CREATE_IRQCHIP` failed.
+    #[error("KVM_CREATE_IRQCHIP failed: {0}")]
+    Irqchip(#[source] kvm_ioctls::Error),
+    /// `KVM_CREATE_PIT2` failed.
+    #[error("KVM_CREATE_PIT2 failed: {0}")]
+    Pit(#[source] kvm_ioctls::Error),
+    /// `KVM_GET_SUPPORTED_CPUID` failed.
+    #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
+    SupportedCpuid(#[source] kvm_ioctls::Error),
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// `KVM_IRQFD` failed.
+    #[error("KVM_IRQFD failed: {0}")]
+    Irqfd(#[source] kvm_ioctls::Error),
+}
+
+/// Everything that can go wrong building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid; the message names the field.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// A KVM VM-level operation failed.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Guest memory could not be created.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The kernel or its boot data could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// A vCPU could not be created, configured or started.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Devices could not be placed on a bus.
+    #[error("cannot place a device: {0}")]
+    Bus(#[from] zygote_devices::BusError),
+    /// A lifecycle operation does not apply in the VM's current state.
+    #[error("cannot {op} a VM that is {state:?}")]
+    InvalidState {
+        /// The operation asked for.
+        op: &'static str,
+        /// The state the VM was in.
+        state: VmState,
+    },
+    /// A vCPU thread panicked; the VM was stopped.
+    #[error("a vCPU thread panicked")]
+    VcpuThreadPanicked,
+}

@@ -1,0 +1,29 @@
+//! Zygote: an embeddable KVM microVM library.
+//!
+//! Build a VM with [`VmBuilder`], start it, read its console, and wait for its
+//! [`ExitReason`]. Many VMs can run in one process at once: there is no global state.
+
+#![deny(missing_docs)]
+
+pub mod arch;
+mod boot;
+mod config;
+mod console;
+mod control;
+mod error;
+mod exit;
+mod memory;
+pub mod vcpu;
+mod vm;
+
+pub use boot::BootError;
+pub use config::{ConfigError, VmBuilder, VmConfig, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+pub use console::{ConsoleBuffer, SerialOutput};
+pub use control::VmState;
+pub use error::{Error, KvmError};
+pub use exit::{ExitReason, GuestFault};
+pub use memory::{GuestRam, MemoryError};
+pub use vm::{RunningVm, Vm};
+
+/// Guest memory types, re-exported so users need not depend on vm-memory's exact version.
+pub use vm_memory;

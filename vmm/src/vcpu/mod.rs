@@ -1,0 +1,124 @@
+//! vCPUs: creation with their boot state, and the threads that run them.
+
+mod kick;
+pub(crate) mod run;
+
+use kvm_bindings::{kvm_sregs, CpuId};
+use kvm_ioctls::{VcpuFd, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::arch::{cpuid, lapic, msr, regs};
+
+pub use kick::install_handler as install_kick_handler;
+pub(crate) use kick::Kick;
+pub(crate) use run::spawn;
+
+/// Errors from creating, configuring or running a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// `KVM_CREATE_VCPU` failed.
+    #[error("KVM_CREATE_VCPU for vCPU {index} failed: {source}")]
+    Create {
+        /// vCPU index.
+        index: u8,
+        /// Underlying error.
+        source: kvm_ioctls::Error,
+    },
+    /// A vCPU configuration ioctl failed.
+    #[error("{op} for vCPU {index} failed: {source}")]
+    Configure {
+        /// The ioctl that failed.
+        op: &'static str,
+        /// vCPU index.
+        index: u8,
+        /// Underlying error.
+        source: kvm_ioctls::Error,
+    },
+    /// KVM refused one of the boot MSRs.
+    #[error("KVM_SET_MSRS for vCPU {index} stopped at MSR {msr:#x}")]
+    SetMsr {
+        /// vCPU index.
+        index: u8,
+        /// The MSR KVM refused.
+        msr: u32,
+    },
+    /// The boot structures could not be written to guest memory.
+    #[error("cannot write the boot GDT and page tables: {0}")]
+    BootTables(#[source] vm_memory::GuestMemoryError),
+    /// The vCPU thread could not be started.
+    #[error("cannot start the thread for vCPU {index}: {source}")]
+    Spawn {
+        /// vCPU index.
+        index: u8,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    KickHandler(#[source] vmm_sys_util::errno::Error),
+    /// `KVM_RUN` failed.
+    #[error("KVM_RUN on vCPU {index} failed: {source}")]
+    Run {
+        /// vCPU index.
+        index: u8,
+        /// Underlying error.
+        source: kvm_ioctls::Error,
+    },
+    /// KVM reported an exit the VMM does not handle.
+    #[error("vCPU {index} stopped with an unexpected KVM exit: {exit}")]
+    UnexpectedExit {
+        /// vCPU index.
+        index: u8,
+        /// Description of the exit.
+        exit: String,
+    },
+}
+
+/// A created, configured vCPU that is not running yet.
+pub struct Vcpu {
+    pub(crate) index: u8,
+    pub(crate) fd: VcpuFd,
+}
+
+impl Vcpu {
+    /// Creates vCPU `index` of `count` with CPUID, MSRs, FPU and LAPIC set.
+    pub fn new(vm: &VmFd, supported: &CpuId, index: u8, count: u8) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VcpuError::Create { index, source })?;
+        let configure = |op| move |source| VcpuError::Configure { op, index, source };
+        fd.set_cpuid2(&cpuid::filter(supported, index, count))
+            .map_err(configure("KVM_SET_CPUID2"))?;
+        let msrs = msr::boot_msrs().map_err(|_| VcpuError::SetMsr { index, msr: 0 })?;
+        let set = fd.set_msrs(&msrs).map_err(configure("KVM_SET_MSRS"))?;
+        if set != msrs.as_slice().len() {
+            let msr = msr::boot_msr_index(set).unwrap_or_default();
+            return Err(VcpuError::SetMsr { index, msr });
+        }
+        fd.set_fpu(&regs::boot_fpu())
+            .map_err(configure("KVM_SET_FPU"))?;
+        let mut lapic_state = fd.get_lapic().map_err(configure("KVM_GET_LAPIC"))?;
+        lapic::set_virtual_wire(&mut lapic_state);
+        fd.set_lapic(&lapic_state)
+            .map_err(configure("KVM_SET_LAPIC"))?;
+        Ok(Self { index, fd })
+    }
+
+    /// Puts the boot vCPU at the kernel entry in 64-bit mode.
+    pub fn set_boot_state(
+        &self,
+        mem: &GuestMemoryMmap,
+        entry: GuestAddress,
+    ) -> Result<(), VcpuError> {
+        let index = self.index;
+        let configure = |op| move |source| VcpuError::Configure { op, index, source };
+        let sregs: kvm_sregs = self.fd.get_sregs().map_err(configure("KVM_GET_SREGS"))?;
+        let sregs = regs::setup_long_mode(mem, sregs).map_err(VcpuError::BootTables)?;
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(configure("KVM_SET_SREGS"))?;
+        self.fd
+            .set_regs(&regs::boot_regs(entry))
+            .map_err(configure("KVM_SET_REGS"))
+    }
+}

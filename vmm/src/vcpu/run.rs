@@ -1,0 +1,117 @@
+//! The vCPU thread: run the guest, dispatch its exits, obey pause and stop.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_ioctls::VcpuExit;
+use zygote_devices::Bus;
+
+use super::{Kick, Vcpu, VcpuError};
+use crate::control::{Next, VmControl};
+use crate::exit::{ExitReason, GuestFault};
+
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
+
+/// The buses a vCPU dispatches its I/O exits to.
+#[derive(Clone)]
+pub(crate) struct Buses {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+}
+
+/// Starts the thread that runs `vcpu` until the VM stops.
+pub(crate) fn spawn(
+    vcpu: Vcpu,
+    buses: Buses,
+    control: Arc<VmControl>,
+) -> Result<JoinHandle<()>, VcpuError> {
+    let index = vcpu.index;
+    std::thread::Builder::new()
+        .name(format!("zygote-vcpu{index}"))
+        .spawn(move || run(vcpu, &buses, &control))
+        .map_err(|source| VcpuError::Spawn { index, source })
+}
+
+fn run(mut vcpu: Vcpu, buses: &Buses, control: &VmControl) {
+    let index = usize::from(vcpu.index);
+    control.register(index, Kick::for_current_thread(vcpu.fd.get_kvm_run()));
+    while let Next::Run = control.next() {
+        if let Some(reason) = run_once(&mut vcpu, buses) {
+            control.finish(reason);
+        }
+    }
+    control.unregister(index);
+}
+
+/// Runs the guest until its next exit and handles it; returns a reason if the VM must stop.
+fn run_once(vcpu: &mut Vcpu, buses: &Buses) -> Option<ExitReason> {
+    let index = vcpu.index;
+    let exit = match vcpu.fd.run() {
+        Ok(exit) => exit,
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+            // A kick: clear the flag and let the caller look at the run state.
+            vcpu.fd.set_kvm_immediate_exit(0);
+            return None;
+        }
+        Err(source) => {
+            return Some(ExitReason::HostError(Arc::new(VcpuError::Run { index, source })));
+        }
+    };
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if buses.pio.read(u64::from(port), data).is_err() {
+                // Nothing there: an ISA bus floats high.
+                data.fill(0xff);
+            }
+            None
+        }
+        VcpuExit::IoOut(port, data) => {
+            // Writes to unclaimed ports are dropped, as on real hardware.
+            let _ = buses.pio.write(u64::from(port), data);
+            None
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if buses.mmio.read(addr, data).is_err() {
+                data.fill(0xff);
+            }
+            None
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            let _ = buses.mmio.write(addr, data);
+            None
+        }
+        VcpuExit::Intr => None,
+        VcpuExit::InternalError => Some(internal_error(vcpu)),
+        other => Some(stop_reason(index, other)),
+    }
+}
+
+/// Maps an exit that ends the VM to its reason.
+fn stop_reason(index: u8, exit: VcpuExit<'_>) -> ExitReason {
+    match exit {
+        VcpuExit::Shutdown => ExitReason::GuestFault(GuestFault::TripleFault),
+        VcpuExit::Hlt => ExitReason::PowerOff,
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+            KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+            KVM_SYSTEM_EVENT_CRASH => ExitReason::GuestFault(GuestFault::Crash),
+            other => unexpected(index, format!("system event {other}")),
+        },
+        VcpuExit::FailEntry(reason, _) => ExitReason::GuestFault(GuestFault::EntryFailure { reason }),
+        other => unexpected(index, format!("{other:?}")),
+    }
+}
+
+fn internal_error(vcpu: &mut Vcpu) -> ExitReason {
+    let run = vcpu.fd.get_kvm_run();
+    // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so `internal` is the union member KVM
+    // filled in.
+    let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+    ExitReason::GuestFault(GuestFault::InternalError { suberror })
+}
+
+fn unexpected(index: u8, exit: String) -> ExitReason {
+    ExitReason::HostError(Arc::new(VcpuError::UnexpectedExit { index, exit }))
+}
