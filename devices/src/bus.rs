@@ -139,7 +139,9 @@ impl Bus {
 /// Locks a device. A device whose lock was poisoned by a panic elsewhere keeps serving: its
 /// state is plain register data, and refusing every later access would only hang the guest.
 fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

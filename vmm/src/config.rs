@@ -285,17 +285,32 @@ mod tests {
     #[test]
     fn field_checks() {
         assert!(matches!(validate_vcpus(0), Err(ConfigError::NoVcpus)));
-        assert!(matches!(validate_vcpus(255), Err(ConfigError::TooManyVcpus { .. })));
-        assert!(matches!(validate_vcpus(1 << 20), Err(ConfigError::TooManyVcpus { .. })));
+        assert!(matches!(
+            validate_vcpus(255),
+            Err(ConfigError::TooManyVcpus { .. })
+        ));
+        assert!(matches!(
+            validate_vcpus(1 << 20),
+            Err(ConfigError::TooManyVcpus { .. })
+        ));
         assert_eq!(validate_vcpus(2).unwrap(), 2);
-        assert!(matches!(validate_memory(0), Err(ConfigError::MemoryTooSmall { .. })));
-        assert!(matches!(validate_memory(u64::MAX), Err(ConfigError::MemoryTooLarge { .. })));
+        assert!(matches!(
+            validate_memory(0),
+            Err(ConfigError::MemoryTooSmall { .. })
+        ));
+        assert!(matches!(
+            validate_memory(u64::MAX),
+            Err(ConfigError::MemoryTooLarge { .. })
+        ));
         assert_eq!(validate_memory(16).unwrap(), 16 << 20);
         assert!(matches!(
             validate_cmdline(&"x".repeat(CMDLINE_MAX_SIZE)),
             Err(ConfigError::CmdlineTooLong { .. })
         ));
-        assert!(matches!(validate_cmdline("a\nb"), Err(ConfigError::CmdlineInvalid)));
+        assert!(matches!(
+            validate_cmdline("a\nb"),
+            Err(ConfigError::CmdlineInvalid)
+        ));
         validate_cmdline("console=ttyS0 zygote.workload=ready").unwrap();
     }
 

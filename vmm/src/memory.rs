@@ -8,7 +8,9 @@ use std::os::fd::FromRawFd;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
+use vm_memory::{
+    FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
 
 use crate::arch::layout::ram_regions;
 
@@ -61,7 +63,10 @@ impl GuestRam {
             .map(|region| {
                 let len = usize::try_from(region.len)
                     .map_err(|_| MemoryError::RegionTooLarge(region.len))?;
-                let offset = FileOffset::new(file.try_clone().map_err(MemoryError::CreateMemfd)?, region.file_offset);
+                let offset = FileOffset::new(
+                    file.try_clone().map_err(MemoryError::CreateMemfd)?,
+                    region.file_offset,
+                );
                 Ok((region.start, len, Some(offset)))
             })
             .collect::<Result<Vec<_>, MemoryError>>()?;
@@ -105,7 +110,8 @@ fn register_region(vm: &VmFd, slot: u32, region: &GuestRegionMmap) -> Result<(),
 fn create_memfd(size: u64) -> Result<File, MemoryError> {
     let name = c"zygote-guest-ram";
     // SAFETY: `name` is a valid NUL-terminated string; the flags are valid for memfd_create.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(MemoryError::CreateMemfd(std::io::Error::last_os_error()));
     }
@@ -115,7 +121,13 @@ fn create_memfd(size: u64) -> Result<File, MemoryError> {
         .map_err(|source| MemoryError::Resize { size, source })?;
     // Sealing the size means a mapping can never outgrow the file and fault with SIGBUS.
     // SAFETY: F_ADD_SEALS on a file descriptor we own, with valid seal flags.
-    let sealed = unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) };
+    let sealed = unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        )
+    };
     if sealed < 0 {
         return Err(MemoryError::Seal(std::io::Error::last_os_error()));
     }
@@ -134,9 +146,14 @@ mod tests {
         assert_eq!(regions.len(), 2);
         assert_eq!(regions[1].start_addr(), GuestAddress(0x1_0000_0000));
         assert_eq!(regions[1].file_offset().unwrap().start(), 0xc000_0000);
-        ram.memory().write_obj(0xabcd_u64, GuestAddress(0x1_0000_0000)).unwrap();
+        ram.memory()
+            .write_obj(0xabcd_u64, GuestAddress(0x1_0000_0000))
+            .unwrap();
         let back: u64 = ram.memory().read_obj(GuestAddress(0x1_0000_0000)).unwrap();
         assert_eq!(back, 0xabcd);
-        assert!(ram.memory().read_obj::<u64>(GuestAddress(0xc000_0000)).is_err());
+        assert!(ram
+            .memory()
+            .read_obj::<u64>(GuestAddress(0xc000_0000))
+            .is_err());
     }
 }

@@ -11,8 +11,8 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use zygote_devices::legacy::{
-    DebugExit, Serial, I8042, COM1_IRQ, COM1_PORT, COM1_PORT_LEN, DEBUG_EXIT_PORT,
-    DEBUG_EXIT_PORT_LEN, I8042_PORT, I8042_PORT_LEN,
+    DebugExit, Serial, COM1_IRQ, COM1_PORT, COM1_PORT_LEN, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN,
+    I8042, I8042_PORT, I8042_PORT_LEN,
 };
 use zygote_devices::{Bus, BusRange, VmRequestSink};
 
@@ -64,7 +64,10 @@ impl Vm {
         vm_fd
             .register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(KvmError::Irqfd)?;
-        let serial = Arc::new(Mutex::new(Serial::new(serial_irq, serial_output.into_writer())));
+        let serial = Arc::new(Mutex::new(Serial::new(
+            serial_irq,
+            serial_output.into_writer(),
+        )));
         let buses = legacy_buses(&serial, control.clone())?;
         let entry = boot::load(
             ram.memory(),
@@ -112,7 +115,11 @@ impl Vm {
             core,
         };
         for vcpu in vcpus {
-            let thread = vcpu::spawn(vcpu, running.core.buses.clone(), running.core.control.clone());
+            let thread = vcpu::spawn(
+                vcpu,
+                running.core.buses.clone(),
+                running.core.control.clone(),
+            );
             match thread {
                 Ok(thread) => running.threads.push(thread),
                 Err(e) => {
@@ -174,7 +181,9 @@ fn spawn_serial_input(mut input: Box<dyn Read + Send>, serial: Weak<Mutex<Serial
         while let Ok(n @ 1..) = input.read(&mut buf) {
             let mut sent = 0;
             while sent < n {
-                let Some(serial) = serial.upgrade() else { return };
+                let Some(serial) = serial.upgrade() else {
+                    return;
+                };
                 let taken = serial
                     .lock()
                     .map(|mut s| s.enqueue_input(&buf[sent..n]).unwrap_or(0))
@@ -224,7 +233,10 @@ impl RunningVm {
         self.core
             .control
             .resume()
-            .map_err(|state| Error::InvalidState { op: "resume", state })
+            .map_err(|state| Error::InvalidState {
+                op: "resume",
+                state,
+            })
     }
 
     /// The exit reason if the VM has stopped, without waiting.

@@ -73,7 +73,12 @@ pub fn build(mem_size: u64, inputs: &BootInputs) -> Result<boot_params, BootPara
     Ok(params)
 }
 
-fn add_e820(params: &mut boot_params, addr: u64, size: u64, kind: u32) -> Result<(), BootParamsError> {
+fn add_e820(
+    params: &mut boot_params,
+    addr: u64,
+    size: u64,
+    kind: u32,
+) -> Result<(), BootParamsError> {
     let index = usize::from(params.e820_entries);
     let entry = params
         .e820_table

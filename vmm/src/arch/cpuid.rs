@@ -32,9 +32,8 @@ fn filter_entry(entry: &mut kvm_cpuid_entry2, index: u8, count: u8) {
     match entry.function {
         LEAF_FEATURES => {
             // Initial APIC ID in bits 31..24, logical processor count in bits 23..16.
-            entry.ebx = (entry.ebx & 0x0000_ffff)
-                | (u32::from(index) << 24)
-                | (u32::from(count) << 16);
+            entry.ebx =
+                (entry.ebx & 0x0000_ffff) | (u32::from(index) << 24) | (u32::from(count) << 16);
             entry.ecx |= ECX_HYPERVISOR;
             if count > 1 {
                 entry.edx |= EDX_HTT;

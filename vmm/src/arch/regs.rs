@@ -48,7 +48,11 @@ fn kvm_segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
     let granular = (entry >> 55) & 1 == 1;
     kvm_segment {
         base,
-        limit: if granular { (limit << 12) | 0xfff } else { limit },
+        limit: if granular {
+            (limit << 12) | 0xfff
+        } else {
+            limit
+        },
         selector: u16::from(table_index) * 8,
         type_: ((entry >> 40) & 0xf) as u8,
         present: ((entry >> 47) & 1) as u8,

@@ -56,7 +56,10 @@ fn run_once(vcpu: &mut Vcpu, buses: &Buses) -> Option<ExitReason> {
             return None;
         }
         Err(source) => {
-            return Some(ExitReason::HostError(Arc::new(VcpuError::Run { index, source })));
+            return Some(ExitReason::HostError(Arc::new(VcpuError::Run {
+                index,
+                source,
+            })));
         }
     };
     match exit {
@@ -99,7 +102,9 @@ fn stop_reason(index: u8, exit: VcpuExit<'_>) -> ExitReason {
             KVM_SYSTEM_EVENT_CRASH => ExitReason::GuestFault(GuestFault::Crash),
             other => unexpected(index, format!("system event {other}")),
         },
-        VcpuExit::FailEntry(reason, _) => ExitReason::GuestFault(GuestFault::EntryFailure { reason }),
+        VcpuExit::FailEntry(reason, _) => {
+            ExitReason::GuestFault(GuestFault::EntryFailure { reason })
+        }
         other => unexpected(index, format!("{other:?}")),
     }
 }

@@ -1,0 +1,129 @@
+//! Every invalid configuration is a typed error naming the field; nothing is created.
+
+mod common;
+
+use std::fs;
+
+use zygote::{BootError, ConfigError, Error, VmBuilder};
+use zygote_guest::kernel_path;
+
+fn build_err(builder: VmBuilder) -> Error {
+    builder
+        .build()
+        .err()
+        .expect("configuration must be rejected")
+}
+
+fn config_err(builder: VmBuilder) -> ConfigError {
+    match build_err(builder) {
+        Error::Config(e) => e,
+        other => panic!("expected a configuration error, got {other}"),
+    }
+}
+
+fn valid() -> VmBuilder {
+    VmBuilder::new().kernel(kernel_path())
+}
+
+#[test]
+fn vcpu_count() {
+    assert!(matches!(config_err(valid().vcpus(0)), ConfigError::NoVcpus));
+    assert!(matches!(
+        config_err(valid().vcpus(1000)),
+        ConfigError::TooManyVcpus {
+            requested: 1000,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn memory_size() {
+    assert!(matches!(
+        config_err(valid().memory_mib(0)),
+        ConfigError::MemoryTooSmall { .. }
+    ));
+    assert!(matches!(
+        config_err(valid().memory_mib(u64::MAX / 2)),
+        ConfigError::MemoryTooLarge { .. }
+    ));
+}
+
+#[test]
+fn kernel_missing_unreadable_or_not_elf() {
+    assert!(matches!(
+        config_err(VmBuilder::new()),
+        ConfigError::NoKernel
+    ));
+    let missing = common::temp_path("no-such-kernel");
+    let err = config_err(valid().kernel(&missing));
+    assert!(matches!(err, ConfigError::KernelUnreadable { ref path, .. } if *path == missing));
+    assert!(err.to_string().starts_with("kernel:"), "{err}");
+
+    let text = common::temp_path("not-elf");
+    fs::write(&text, b"#!/bin/sh\necho not a kernel\n").unwrap();
+    assert!(matches!(
+        config_err(valid().kernel(&text)),
+        ConfigError::KernelNotElf { .. }
+    ));
+    let empty = common::temp_path("empty-kernel");
+    fs::write(&empty, b"").unwrap();
+    assert!(matches!(
+        config_err(valid().kernel(&empty)),
+        ConfigError::KernelNotElf { .. }
+    ));
+    let _ = fs::remove_file(text);
+    let _ = fs::remove_file(empty);
+}
+
+#[test]
+fn a_corrupt_elf_is_a_boot_error_not_a_panic() {
+    let mut image = fs::read(kernel_path()).unwrap();
+    // Keep the magic, corrupt the class and the program header table offset.
+    image[4] = 9;
+    image[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+    let path = common::temp_path("corrupt-elf");
+    fs::write(&path, &image).unwrap();
+    let err = build_err(valid().kernel(&path));
+    assert!(
+        matches!(err, Error::Boot(BootError::LoadKernel(_))),
+        "{err}"
+    );
+    let truncated = &fs::read(kernel_path()).unwrap()[..100];
+    fs::write(&path, truncated).unwrap();
+    let err = build_err(valid().kernel(&path));
+    assert!(
+        matches!(err, Error::Boot(BootError::LoadKernel(_))),
+        "{err}"
+    );
+    let _ = fs::remove_file(path);
+}
+
+#[test]
+fn command_line_too_long_or_invalid() {
+    let err = config_err(valid().cmdline("a".repeat(5000)));
+    assert!(matches!(err, ConfigError::CmdlineTooLong { len: 5000, .. }));
+    assert!(err.to_string().starts_with("cmdline:"));
+    assert!(matches!(
+        config_err(valid().cmdline("a\0b")),
+        ConfigError::CmdlineInvalid
+    ));
+}
+
+#[test]
+fn initrd_missing_or_too_large() {
+    let missing = common::temp_path("no-such-initrd");
+    assert!(matches!(
+        config_err(valid().initrd(&missing)),
+        ConfigError::InitrdUnreadable { .. }
+    ));
+    let big = common::temp_path("big-initrd");
+    let file = fs::File::create(&big).unwrap();
+    file.set_len(64 << 20).unwrap();
+    let err = build_err(valid().memory_mib(16).initrd(&big));
+    assert!(
+        matches!(err, Error::Boot(BootError::InitrdTooLarge { .. })),
+        "{err}"
+    );
+    let _ = fs::remove_file(big);
+}

@@ -1,0 +1,85 @@
+//! Lifecycle on real KVM: shutting down a spinning guest, pause and resume, and states.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{start, GUEST_TIMEOUT};
+use zygote::{Error, ExitReason, VmState};
+use zygote_guest::{Workload, READY_LINE};
+
+#[test]
+fn a_spinning_guest_is_shut_down_promptly() {
+    let (mut vm, console) = start(&Workload::Spin);
+    assert!(console.wait_for(READY_LINE, GUEST_TIMEOUT));
+    assert!(
+        vm.wait_timeout(Duration::from_millis(200)).is_none(),
+        "still spinning"
+    );
+    let asked = Instant::now();
+    let exit = vm.shutdown().unwrap();
+    assert!(matches!(exit, ExitReason::Shutdown), "{exit:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(vm.state(), VmState::Stopped);
+}
+
+#[test]
+fn pause_and_resume_a_running_guest() {
+    let (mut vm, console) = start(&Workload::Spin);
+    assert!(console.wait_for(READY_LINE, GUEST_TIMEOUT));
+    vm.pause().unwrap();
+    assert_eq!(vm.state(), VmState::Paused);
+    assert!(matches!(
+        vm.pause(),
+        Err(Error::InvalidState {
+            op: "pause",
+            state: VmState::Paused
+        })
+    ));
+    vm.resume().unwrap();
+    assert_eq!(vm.state(), VmState::Running);
+    assert!(matches!(
+        vm.resume(),
+        Err(Error::InvalidState { op: "resume", .. })
+    ));
+    // Pausing again after a resume works: the vCPU really went back into the guest.
+    vm.pause().unwrap();
+    assert!(matches!(vm.shutdown().unwrap(), ExitReason::Shutdown));
+}
+
+#[test]
+fn a_paused_guest_can_be_shut_down() {
+    let (mut vm, console) = start(&Workload::Spin);
+    assert!(console.wait_for(READY_LINE, GUEST_TIMEOUT));
+    vm.pause().unwrap();
+    assert!(matches!(vm.shutdown().unwrap(), ExitReason::Shutdown));
+}
+
+#[test]
+fn a_stopped_vm_cannot_be_paused_and_keeps_its_exit_reason() {
+    let (mut vm, console) = start(&Workload::Exit(9));
+    let exit = common::wait_exit(&mut vm, &console);
+    assert_eq!(exit.exit_code(), Some(9));
+    assert!(matches!(
+        vm.pause(),
+        Err(Error::InvalidState {
+            state: VmState::Stopped,
+            ..
+        })
+    ));
+    // Shutting down a VM that already exited reports how it ended.
+    assert_eq!(vm.shutdown().unwrap().exit_code(), Some(9));
+}
+
+#[test]
+fn dropping_a_running_vm_stops_it() {
+    let (vm, console) = start(&Workload::Spin);
+    assert!(console.wait_for(READY_LINE, GUEST_TIMEOUT));
+    let asked = Instant::now();
+    drop(vm);
+    assert!(asked.elapsed() < Duration::from_secs(10));
+}
