@@ -21,14 +21,14 @@ impl std::fmt::Display for FloorError {
 
 impl std::error::Error for FloorError {}
 
-/// A shared mapping of a memfd, unmapped on drop.
-struct Mapping {
+/// A shared mapping of a memfd, unmapped on drop: guest memory as Zygote makes it.
+pub struct SharedMemory {
     addr: *mut libc::c_void,
     size: usize,
     _memfd: File,
 }
 
-impl Drop for Mapping {
+impl Drop for SharedMemory {
     fn drop(&mut self) {
         // SAFETY: `addr` was returned by mmap for `size` bytes and is unmapped only here.
         unsafe { libc::munmap(self.addr, self.size) };
@@ -41,7 +41,7 @@ pub struct FloorVm {
     // Field order is drop order: the VM goes before the memory it maps.
     _vcpu: VcpuFd,
     _vm: VmFd,
-    _memory: Mapping,
+    _memory: SharedMemory,
 }
 
 fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> FloorError {
@@ -52,7 +52,28 @@ fn os_err(op: &'static str) -> FloorError {
     FloorError(op, std::io::Error::last_os_error())
 }
 
-fn map_memfd(size: usize) -> Result<Mapping, FloorError> {
+impl SharedMemory {
+    /// A `size`-byte memfd mapped shared.
+    pub fn new(size: usize) -> Result<Self, FloorError> {
+        map_memfd(size)
+    }
+
+    /// Registers the whole mapping as memory slot `slot` at guest address 0.
+    pub fn register(&self, vm: &VmFd, slot: u32) -> Result<(), FloorError> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: self.size as u64,
+            userspace_addr: self.addr as u64,
+        };
+        // SAFETY: the region is mapped for its whole size; callers keep it alive as long as
+        // the VM (field order of `FloorVm`).
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))
+    }
+}
+
+fn map_memfd(size: usize) -> Result<SharedMemory, FloorError> {
     // SAFETY: a valid NUL-terminated name and flags.
     let fd = unsafe { libc::memfd_create(c"floor".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
@@ -77,7 +98,7 @@ fn map_memfd(size: usize) -> Result<Mapping, FloorError> {
     if addr == libc::MAP_FAILED {
         return Err(os_err("mmap"));
     }
-    Ok(Mapping {
+    Ok(SharedMemory {
         addr,
         size,
         _memfd: memfd,
@@ -90,16 +111,7 @@ pub fn create_vm(mem_size: usize) -> Result<FloorVm, FloorError> {
     let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     let memory = map_memfd(mem_size)?;
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        flags: 0,
-        guest_phys_addr: 0,
-        memory_size: mem_size as u64,
-        userspace_addr: memory.addr as u64,
-    };
-    // SAFETY: the region is mapped for its whole size and outlives the VM (field order of
-    // `FloorVm`).
-    unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    memory.register(&vm, 0)?;
     let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
