@@ -2,10 +2,11 @@
 //! line, an optional initrd, and the zero page that describes them.
 
 use std::fs::File;
+use std::io::{Read, Seek};
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{elf::Elf, load_cmdline, KernelLoader};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile};
 
 use crate::arch::boot_params::{self, BootInputs, BootParamsError};
 use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MMIO_GAP_START};
@@ -38,11 +39,14 @@ pub enum BootError {
     BootParams(#[from] BootParamsError),
 }
 
-/// Loads everything the kernel needs and returns its entry point.
-pub fn load(
+/// Loads everything the kernel needs into `mem` (`mem_size` bytes of RAM laid out as
+/// [`crate::arch::layout`] says) and returns the kernel's entry point.
+///
+/// The kernel image is untrusted: any malformed image is a [`BootError`], never a panic.
+pub fn load<K: Read + Seek + ReadVolatile>(
     mem: &GuestMemoryMmap,
     mem_size: u64,
-    kernel: &mut File,
+    kernel: &mut K,
     cmdline: &str,
     initrd: Option<&mut File>,
 ) -> Result<GuestAddress, BootError> {

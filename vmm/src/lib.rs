@@ -6,7 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod arch;
-mod boot;
+pub mod boot;
 mod config;
 mod console;
 mod control;

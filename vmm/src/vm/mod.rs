@@ -1,0 +1,122 @@
+//! A microVM: created from a validated configuration, then started, paused, resumed and
+//! stopped.
+
+mod running;
+mod setup;
+mod teardown;
+
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::Kvm;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use zygote_devices::legacy::{Serial, COM1_IRQ};
+
+use crate::boot;
+use crate::config::VmConfig;
+use crate::control::VmControl;
+use crate::error::{Error, KvmError};
+use crate::memory::GuestRam;
+use crate::vcpu::{self, Vcpu};
+
+pub use running::RunningVm;
+use teardown::KvmVm;
+
+/// A created VM whose vCPUs have not started yet.
+pub struct Vm {
+    // Field order is drop order: vCPUs go before the VM they belong to.
+    vcpus: Vec<Vcpu>,
+    serial_input: Option<Box<dyn Read + Send>>,
+    core: VmCore,
+}
+
+/// What a VM keeps for its whole life, started or not.
+struct VmCore {
+    buses: vcpu::run::Buses,
+    serial: Arc<Mutex<Serial>>,
+    control: Arc<VmControl>,
+    kvm: KvmVm,
+}
+
+impl Vm {
+    /// Creates the VM described by `config`: KVM VM, memory, devices, vCPUs, loaded kernel.
+    pub fn create(config: VmConfig) -> Result<Self, Error> {
+        let VmConfig {
+            vcpus: vcpu_count,
+            memory_bytes,
+            mut kernel,
+            cmdline,
+            mut initrd,
+            serial_output,
+            serial_input,
+        } = config;
+        let kvm = Kvm::new().map_err(KvmError::Open)?;
+        let ram = GuestRam::new(memory_bytes)?;
+        let vm_fd = setup::create_vm_fd(&kvm, &ram)?;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(KvmError::SupportedCpuid)?;
+        let kvm = KvmVm::new(kvm, vm_fd, ram);
+        let control = Arc::new(VmControl::new(usize::from(vcpu_count)));
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(KvmError::EventFd)?;
+        kvm.vm_fd()
+            .register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(KvmError::Irqfd)?;
+        let serial = Serial::new(serial_irq, serial_output.into_writer());
+        let serial = Arc::new(Mutex::new(serial));
+        let buses = setup::legacy_buses(&serial, control.clone())?;
+        let memory = kvm.ram().memory();
+        let entry = boot::load(memory, memory_bytes, &mut kernel, &cmdline, initrd.as_mut())?;
+        let vcpus = (0..vcpu_count)
+            .map(|index| Vcpu::new(kvm.vm_fd(), &supported, index, vcpu_count))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(boot_vcpu) = vcpus.first() {
+            boot_vcpu.set_boot_state(memory, entry)?;
+        }
+        Ok(Self {
+            vcpus,
+            serial_input,
+            core: VmCore {
+                buses,
+                serial,
+                control,
+                kvm,
+            },
+        })
+    }
+
+    /// The guest's memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        self.core.kvm.ram().memory()
+    }
+
+    /// Starts the vCPU threads.
+    pub fn start(self) -> Result<RunningVm, Error> {
+        vcpu::install_kick_handler().map_err(vcpu::VcpuError::KickHandler)?;
+        let Self {
+            core,
+            vcpus,
+            serial_input,
+        } = self;
+        let mut running = RunningVm {
+            threads: Vec::with_capacity(vcpus.len()),
+            core,
+        };
+        for vcpu in vcpus {
+            let core = &running.core;
+            match vcpu::spawn(vcpu, core.buses.clone(), core.control.clone()) {
+                Ok(thread) => running.threads.push(thread),
+                Err(e) => {
+                    running.stop();
+                    return Err(e.into());
+                }
+            }
+        }
+        if let Some(input) = serial_input {
+            setup::spawn_serial_input(input, Arc::downgrade(&running.core.serial));
+        }
+        Ok(running)
+    }
+}
