@@ -1,0 +1,261 @@
+//! A hostile driver: each bad chain completes with an error status or marks the device as
+//! needing reset, and a good request afterwards still works.
+
+use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT;
+
+use super::tests::{expected, harness, Harness};
+use super::QUEUE_SIZE;
+use crate::virtio::testing::{notify, Desc, MEM_SIZE};
+
+const OK: u8 = VIRTIO_BLK_S_OK as u8;
+const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+
+/// What a hostile chain must lead to.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Completed with this status byte.
+    Status(u8),
+    /// Completed without a status; the device needs reset.
+    NeedsReset,
+}
+
+/// Submits `descs` as one chain and reports the outcome from the status byte at `status`.
+fn outcome(h: &mut Harness, descs: &[Desc], status: u64) -> Outcome {
+    h.submit(descs);
+    if h.needs_reset() {
+        Outcome::NeedsReset
+    } else {
+        Outcome::Status(h.read_status(status))
+    }
+}
+
+fn good_read_still_works(h: &mut Harness) {
+    assert_eq!(h.read(2, 512), (OK, expected(2, 512)));
+}
+
+/// Runs `build` (which returns the outcome) on a fresh device, checks it, then a good read.
+fn check(name: &str, want: Outcome, build: impl FnOnce(&mut Harness) -> Outcome) {
+    let mut h = harness(false);
+    assert_eq!(build(&mut h), want, "{name}");
+    good_read_still_works(&mut h);
+}
+
+fn read_chain(h: &mut Harness, data: Desc) -> (Vec<Desc>, u64) {
+    let header = h.header(VIRTIO_BLK_T_IN, 0);
+    let status = h.status_byte();
+    (
+        vec![Desc::readable(header, 16), data, Desc::writable(status, 1)],
+        status,
+    )
+}
+
+#[test]
+fn buffers_outside_guest_memory() {
+    check("data outside", Outcome::Status(IOERR), |h| {
+        let (descs, status) = read_chain(h, Desc::writable(MEM_SIZE - 256, 512));
+        outcome(h, &descs, status)
+    });
+    check("header outside", Outcome::Status(IOERR), |h| {
+        let status = h.status_byte();
+        outcome(
+            h,
+            &[Desc::readable(MEM_SIZE, 16), Desc::writable(status, 1)],
+            status,
+        )
+    });
+    check("status outside", Outcome::NeedsReset, |h| {
+        let header = h.header(VIRTIO_BLK_T_IN, 0);
+        outcome(
+            h,
+            &[Desc::readable(header, 16), Desc::writable(MEM_SIZE, 1)],
+            0,
+        )
+    });
+    check("address wraps", Outcome::Status(IOERR), |h| {
+        let (descs, status) = read_chain(h, Desc::writable(u64::MAX - 100, 512));
+        outcome(h, &descs, status)
+    });
+}
+
+#[test]
+fn zero_and_huge_lengths() {
+    check("zero-length header", Outcome::Status(IOERR), |h| {
+        let header = h.header(VIRTIO_BLK_T_IN, 0);
+        let status = h.status_byte();
+        outcome(
+            h,
+            &[Desc::readable(header, 0), Desc::writable(status, 1)],
+            status,
+        )
+    });
+    check("zero-length status", Outcome::NeedsReset, |h| {
+        let header = h.header(VIRTIO_BLK_T_IN, 0);
+        let status = h.status_byte();
+        outcome(
+            h,
+            &[Desc::readable(header, 16), Desc::writable(status, 0)],
+            status,
+        )
+    });
+    check("huge data", Outcome::Status(IOERR), |h| {
+        let (descs, status) = read_chain(h, Desc::writable(0x20_0000, 0xffff_fe00));
+        outcome(h, &descs, status)
+    });
+    check("lengths overflow 4 GiB", Outcome::NeedsReset, |h| {
+        let header = h.header(VIRTIO_BLK_T_IN, 0);
+        let status = h.status_byte();
+        let descs = [
+            Desc::readable(header, 16),
+            Desc::writable(0x20_0000, 0xffff_0000),
+            Desc::writable(0x20_0000, 0xffff_0000),
+            Desc::writable(status, 1),
+        ];
+        outcome(h, &descs, status)
+    });
+    check("unaligned length", Outcome::Status(IOERR), |h| {
+        let buf = h.arena.alloc(100);
+        let (descs, status) = read_chain(h, Desc::writable(buf, 100));
+        outcome(h, &descs, status)
+    });
+}
+
+#[test]
+fn wrong_directions() {
+    check("read into readable buffer", Outcome::Status(IOERR), |h| {
+        let buf = h.arena.alloc(512);
+        let (descs, status) = read_chain(h, Desc::readable(buf, 512));
+        outcome(h, &descs, status)
+    });
+    check("write from writable buffer", Outcome::Status(IOERR), |h| {
+        let header = h.header(VIRTIO_BLK_T_OUT, 0);
+        let (buf, status) = (h.arena.alloc(512), h.status_byte());
+        let descs = [
+            Desc::readable(header, 16),
+            Desc::writable(buf, 512),
+            Desc::writable(status, 1),
+        ];
+        outcome(h, &descs, status)
+    });
+    check("writable header", Outcome::Status(IOERR), |h| {
+        let header = h.header(VIRTIO_BLK_T_IN, 0);
+        let status = h.status_byte();
+        outcome(
+            h,
+            &[Desc::writable(header, 16), Desc::writable(status, 1)],
+            status,
+        )
+    });
+    check("readable status", Outcome::NeedsReset, |h| {
+        let header = h.header(VIRTIO_BLK_T_IN, 0);
+        let status = h.status_byte();
+        outcome(
+            h,
+            &[Desc::readable(header, 16), Desc::readable(status, 1)],
+            status,
+        )
+    });
+    check("readable after writable", Outcome::NeedsReset, |h| {
+        let header = h.header(VIRTIO_BLK_T_IN, 0);
+        let status = h.status_byte();
+        let descs = [
+            Desc::readable(header, 16),
+            Desc::writable(status, 1),
+            Desc::readable(header, 16),
+        ];
+        outcome(h, &descs, status)
+    });
+    check("unsupported type", Outcome::Status(UNSUPP), |h| {
+        let header = h.header(VIRTIO_BLK_T_DISCARD, 0);
+        let status = h.status_byte();
+        outcome(
+            h,
+            &[Desc::readable(header, 16), Desc::writable(status, 1)],
+            status,
+        )
+    });
+}
+
+/// Writes descriptors at chosen table slots, publishes `head`, notifies, and reports.
+fn raw_chain(h: &mut Harness, slots: &[(u16, Desc)], head: u16, status: u64) -> Outcome {
+    for &(index, desc) in slots {
+        h.queue.write_desc(&h.mem, index, desc);
+    }
+    h.queue.publish(&h.mem, head);
+    notify(&mut h.transport, 0);
+    // The chain is consumed (unless its head is unusable, which add_used refuses).
+    let _ = h.queue.next_used(&h.mem);
+    if h.needs_reset() {
+        Outcome::NeedsReset
+    } else {
+        Outcome::Status(h.read_status(status))
+    }
+}
+
+#[test]
+fn malformed_chains() {
+    check("loop", Outcome::NeedsReset, |h| {
+        let header = h.header(VIRTIO_BLK_T_IN, 0);
+        let status = h.status_byte();
+        let slots = [
+            (100, Desc::readable(header, 16).then(101)),
+            (101, Desc::writable(status, 1).then(100)),
+        ];
+        raw_chain(h, &slots, 100, status)
+    });
+    check("too many descriptors", Outcome::NeedsReset, |h| {
+        let header = h.header(VIRTIO_BLK_T_IN, 0);
+        let status = h.status_byte();
+        let mut slots = vec![(0, Desc::readable(header, 16).then(1))];
+        for i in 1..QUEUE_SIZE {
+            slots.push((i, Desc::writable(status, 1).then(i + 1)));
+        }
+        raw_chain(h, &slots, 0, status)
+    });
+    check("next past the table", Outcome::NeedsReset, |h| {
+        let header = h.header(VIRTIO_BLK_T_IN, 0);
+        let status = h.status_byte();
+        raw_chain(
+            h,
+            &[(7, Desc::readable(header, 16).then(QUEUE_SIZE))],
+            7,
+            status,
+        )
+    });
+    check("head past the table", Outcome::NeedsReset, |h| {
+        raw_chain(h, &[], QUEUE_SIZE + 5, 0)
+    });
+    check("indirect table outside memory", Outcome::NeedsReset, |h| {
+        let indirect = Desc {
+            addr: MEM_SIZE,
+            len: 64,
+            flags: VRING_DESC_F_INDIRECT as u16,
+            next: 0,
+        };
+        raw_chain(h, &[(3, indirect)], 3, 0)
+    });
+}
+
+#[test]
+fn bad_avail_index_needs_reset_and_reset_recovers() {
+    let mut h = harness(false);
+    h.queue.set_avail_idx(&h.mem, QUEUE_SIZE + 1);
+    notify(&mut h.transport, 0);
+    assert!(h.needs_reset());
+    assert_eq!(h.queue.used_idx(&h.mem), 0);
+    h.reinit();
+    assert!(!h.needs_reset());
+    good_read_still_works(&mut h);
+}
+
+#[test]
+fn requests_keep_working_after_many_hostile_chains() {
+    let mut h = harness(false);
+    for round in 0..3 * u32::from(QUEUE_SIZE) {
+        let header = h.header(VIRTIO_BLK_T_IN, u64::from(round));
+        let descs = [Desc::readable(header, 16), Desc::writable(MEM_SIZE + 7, 1)];
+        h.submit(&descs);
+    }
+    good_read_still_works(&mut h);
+}

@@ -1,0 +1,334 @@
+//! The host side of virtio-vsock: guest stream connections multiplexed onto Unix sockets, in
+//! the hybrid scheme Firecracker uses so existing tooling works.
+//!
+//! - Host to guest: a program connects to the socket at `uds_path` and writes
+//!   `CONNECT <port>\n`; once the guest accepts, it reads `OK <host port>\n` and the stream is
+//!   connected to guest port `<port>`.
+//! - Guest to host: a guest connection to host port `P` is connected to the Unix socket at
+//!   `<uds_path>_<P>`, which a host program listens on.
+//!
+//! All host sockets are non-blocking and registered (edge-triggered for connections) on one
+//! inner epoll whose fd the VMM's event loop watches.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::connection::{ConnState, Connection};
+use super::packet::{Header, Op, HOST_CID, TYPE_STREAM};
+
+/// Most connections (established or handshaking) one device keeps.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Longest `CONNECT <port>\n` line accepted.
+const MAX_HANDSHAKE_LINE: usize = 32;
+/// First port handed to host-initiated connections.
+const FIRST_LOCAL_PORT: u32 = 1 << 30;
+
+/// A connection key: (host-side port, guest-side port).
+type Key = (u32, u32);
+
+enum Target {
+    Listener,
+    Handshake(RawFd),
+    Conn(Key),
+}
+
+struct Handshake {
+    stream: UnixStream,
+    line: Vec<u8>,
+}
+
+/// Multiplexes the guest's stream connections onto host Unix sockets.
+pub struct Muxer {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    listener: UnixListener,
+    epoll: Epoll,
+    targets: HashMap<u64, Target>,
+    tokens: HashMap<RawFd, u64>,
+    next_token: u64,
+    handshakes: HashMap<RawFd, Handshake>,
+    conns: BTreeMap<Key, Connection>,
+    /// Where the round-robin over connections with data for the guest resumes.
+    cursor: Key,
+    /// Control packets waiting for an rx buffer.
+    control: VecDeque<Header>,
+    next_local_port: u32,
+}
+
+impl Muxer {
+    /// Listens at `uds_path` for host connections to guest `guest_cid`. A stale socket file
+    /// there is replaced; any other file is an error.
+    pub fn new(guest_cid: u64, uds_path: &Path) -> io::Result<Self> {
+        remove_stale_socket(uds_path)?;
+        let listener = UnixListener::bind(uds_path)?;
+        listener.set_nonblocking(true)?;
+        let mut muxer = Self {
+            guest_cid,
+            uds_path: uds_path.to_path_buf(),
+            listener,
+            epoll: Epoll::new()?,
+            targets: HashMap::new(),
+            tokens: HashMap::new(),
+            next_token: 0,
+            handshakes: HashMap::new(),
+            conns: BTreeMap::new(),
+            cursor: (0, 0),
+            control: VecDeque::new(),
+            next_local_port: FIRST_LOCAL_PORT,
+        };
+        let fd = muxer.listener.as_raw_fd();
+        muxer.watch(fd, EventSet::IN, Target::Listener)?;
+        Ok(muxer)
+    }
+
+    /// The inner epoll fd: readable when some host socket needs attention.
+    pub fn epoll_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    /// Drops every connection (the device was reset); host programs see their sockets close.
+    pub fn reset_all(&mut self) {
+        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.remove_conn(key);
+        }
+        self.control.clear();
+    }
+
+    /// The guest's context ID.
+    pub fn guest_cid(&self) -> u64 {
+        self.guest_cid
+    }
+
+    /// Number of connections (established, connecting or closing).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn watch(&mut self, fd: RawFd, events: EventSet, target: Target) -> io::Result<()> {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.epoll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))?;
+        self.targets.insert(token, target);
+        self.tokens.insert(fd, token);
+        Ok(())
+    }
+
+    fn unwatch(&mut self, fd: RawFd) {
+        if let Some(token) = self.tokens.remove(&fd) {
+            self.targets.remove(&token);
+        }
+        // The fd is closed right after; failing to remove it first changes nothing.
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+    }
+
+    /// Handles everything the host sockets have ready, without blocking.
+    pub fn process_events(&mut self) {
+        let mut events = vec![EpollEvent::default(); 64];
+        loop {
+            let n = match self.epoll.wait(0, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            for event in &events[..n] {
+                self.handle_event(event.data(), event.event_set());
+            }
+            if n < events.len() {
+                return;
+            }
+        }
+    }
+
+    fn handle_event(&mut self, token: u64, set: EventSet) {
+        match self.targets.get(&token) {
+            Some(Target::Listener) => self.accept_all(),
+            Some(Target::Handshake(fd)) => {
+                let fd = *fd;
+                self.read_handshake(fd);
+            }
+            Some(Target::Conn(key)) => {
+                let key = *key;
+                self.conn_ready(key, set);
+            }
+            None => {}
+        }
+    }
+
+    fn accept_all(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            if self.conns.len() + self.handshakes.len() >= MAX_CONNECTIONS
+                || stream.set_nonblocking(true).is_err()
+            {
+                continue;
+            }
+            let fd = stream.as_raw_fd();
+            let handshake = Handshake {
+                stream,
+                line: Vec::new(),
+            };
+            if self.watch(fd, EventSet::IN, Target::Handshake(fd)).is_ok() {
+                self.handshakes.insert(fd, handshake);
+            }
+        }
+    }
+
+    /// Reads the `CONNECT <port>\n` line one byte at a time, so no stream data is consumed.
+    fn read_handshake(&mut self, fd: RawFd) {
+        let Some(hs) = self.handshakes.get_mut(&fd) else {
+            return;
+        };
+        let mut byte = [0u8];
+        let outcome = loop {
+            match hs.stream.read(&mut byte) {
+                Ok(1) if byte[0] == b'\n' => break parse_connect(&hs.line),
+                Ok(1) if hs.line.len() < MAX_HANDSHAKE_LINE => hs.line.push(byte[0]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => break None,
+            }
+        };
+        self.unwatch(fd);
+        let Some(hs) = self.handshakes.remove(&fd) else {
+            return;
+        };
+        if let Some(port) = outcome {
+            self.connect_to_guest(hs.stream, port);
+        }
+    }
+
+    fn allocate_local_port(&mut self, peer_port: u32) -> u32 {
+        loop {
+            let port = self.next_local_port;
+            self.next_local_port = self.next_local_port.wrapping_add(1).max(FIRST_LOCAL_PORT);
+            if !self.conns.contains_key(&(port, peer_port)) {
+                return port;
+            }
+        }
+    }
+
+    fn connect_to_guest(&mut self, stream: UnixStream, peer_port: u32) {
+        let local_port = self.allocate_local_port(peer_port);
+        let key = (local_port, peer_port);
+        let conn = Connection::new(stream, local_port, peer_port, ConnState::Connecting);
+        if self.add_conn(key, conn).is_ok() {
+            self.queue_control(key, Op::Request, 0);
+        }
+    }
+
+    fn add_conn(&mut self, key: Key, conn: Connection) -> io::Result<()> {
+        let events =
+            EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED | EventSet::READ_HANG_UP;
+        self.watch(conn.stream.as_raw_fd(), events, Target::Conn(key))?;
+        self.conns.insert(key, conn);
+        Ok(())
+    }
+
+    fn remove_conn(&mut self, key: Key) {
+        if let Some(conn) = self.conns.remove(&key) {
+            self.unwatch(conn.stream.as_raw_fd());
+        }
+    }
+
+    /// Resets a connection: tells the guest and closes the host socket.
+    pub fn reset(&mut self, key: Key) {
+        if self.conns.contains_key(&key) {
+            self.queue_control(key, Op::Rst, 0);
+            self.remove_conn(key);
+        }
+    }
+
+    fn conn_ready(&mut self, key: Key, set: EventSet) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if set.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP) {
+            conn.host_readable = true;
+        }
+        if set.contains(EventSet::OUT) {
+            self.flush(key);
+        }
+    }
+
+    /// Writes what is queued for the host; resets on error, finishes a closing connection.
+    fn flush(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if conn.flush_to_host().is_err() {
+            self.reset(key);
+            return;
+        }
+        if conn.state == ConnState::Closing && conn.flushed() {
+            self.reset(key);
+        } else if conn.wants_credit_update() {
+            self.queue_control(key, Op::CreditUpdate, 0);
+        }
+    }
+
+    fn queue_control(&mut self, key: Key, op: Op, flags: u32) {
+        if let Some(conn) = self.conns.get_mut(&key) {
+            self.control
+                .push_back(conn.header(self.guest_cid, op, 0, flags));
+            conn.credit_sent();
+        }
+    }
+
+    fn queue_rst_reply(&mut self, to: &Header) {
+        self.control.push_back(Header {
+            src_cid: HOST_CID,
+            dst_cid: self.guest_cid,
+            src_port: to.dst_port,
+            dst_port: to.src_port,
+            len: 0,
+            type_: TYPE_STREAM,
+            op: Op::Rst as u16,
+            flags: 0,
+            buf_alloc: 0,
+            fwd_cnt: 0,
+        });
+    }
+}
+
+fn parse_connect(line: &[u8]) -> Option<u32> {
+    let line = std::str::from_utf8(line).ok()?;
+    let port = line.trim_end_matches('\r').strip_prefix("CONNECT ")?;
+    port.trim().parse().ok()
+}
+
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+impl Drop for Muxer {
+    fn drop(&mut self) {
+        // Best effort: leave no socket file behind.
+        let _ = std::fs::remove_file(&self.uds_path);
+    }
+}
+
+mod guest;
+mod rx;
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+use rx::RxPacket;

@@ -1,0 +1,123 @@
+//! Packets from the guest (the tx queue): connection requests, data, credit and teardown.
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use super::super::connection::{ConnState, Connection};
+use super::super::packet::{Header, Op, HOST_CID, SHUTDOWN_SEND, TYPE_STREAM};
+use super::{Key, Muxer, MAX_CONNECTIONS};
+
+impl Muxer {
+    /// Handles one packet the guest sent. Anything malformed or out of place is answered with
+    /// `RST` (or dropped, when it is not even addressed from this guest to the host).
+    pub fn recv_from_guest(&mut self, header: &Header, payload: &[u8]) {
+        if header.src_cid != self.guest_cid || header.dst_cid != HOST_CID {
+            return;
+        }
+        if header.type_ != TYPE_STREAM {
+            self.queue_rst_reply(header);
+            return;
+        }
+        let key: Key = (header.dst_port, header.src_port);
+        let Some(op) = header.op() else {
+            self.reset_or_refuse(key, header);
+            return;
+        };
+        if op == Op::Request {
+            self.guest_connect(key, header);
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            if op != Op::Rst {
+                self.queue_rst_reply(header);
+            }
+            return;
+        };
+        conn.update_peer_credit(header);
+        match op {
+            Op::Response => self.guest_accepted(key),
+            Op::Rw => self.guest_data(key, payload),
+            Op::CreditRequest => self.queue_control(key, Op::CreditUpdate, 0),
+            Op::CreditUpdate => {}
+            Op::Shutdown => self.guest_shutdown(key, header.flags),
+            Op::Rst => self.remove_conn(key),
+            Op::Request => {}
+        }
+    }
+
+    fn reset_or_refuse(&mut self, key: Key, header: &Header) {
+        if self.conns.contains_key(&key) {
+            self.reset(key);
+        } else {
+            self.queue_rst_reply(header);
+        }
+    }
+
+    /// The guest connects to host port `key.0`: connect to `<uds_path>_<port>`.
+    fn guest_connect(&mut self, key: Key, header: &Header) {
+        if self.conns.contains_key(&key) {
+            self.reset(key);
+            return;
+        }
+        if self.conns.len() >= MAX_CONNECTIONS {
+            self.queue_rst_reply(header);
+            return;
+        }
+        let mut path = PathBuf::from(&self.uds_path).into_os_string();
+        path.push(format!("_{}", key.0));
+        let stream = UnixStream::connect(&path).and_then(|s| {
+            s.set_nonblocking(true)?;
+            Ok(s)
+        });
+        let Ok(stream) = stream else {
+            self.queue_rst_reply(header);
+            return;
+        };
+        let mut conn = Connection::new(stream, key.0, key.1, ConnState::Established);
+        conn.update_peer_credit(header);
+        // A new socket may already hold data: check it once the guest can take it.
+        conn.host_readable = true;
+        if self.add_conn(key, conn).is_ok() {
+            self.queue_control(key, Op::Response, 0);
+        } else {
+            self.queue_rst_reply(header);
+        }
+    }
+
+    /// The guest accepted a host-initiated connection: tell the host program.
+    fn guest_accepted(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if conn.state != ConnState::Connecting {
+            self.reset(key);
+            return;
+        }
+        conn.state = ConnState::Established;
+        conn.host_readable = true;
+        conn.push_reply(format!("OK {}\n", key.0).as_bytes());
+        self.flush(key);
+    }
+
+    fn guest_data(&mut self, key: Key, payload: &[u8]) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if conn.state != ConnState::Established || conn.push_to_host(payload).is_err() {
+            self.reset(key);
+            return;
+        }
+        self.flush(key);
+    }
+
+    fn guest_shutdown(&mut self, key: Key, flags: u32) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if flags & SHUTDOWN_SEND != 0 {
+            // Deliver what the guest sent, then reset (the spec's answer to a full shutdown).
+            conn.state = ConnState::Closing;
+            self.flush(key);
+        }
+    }
+}
