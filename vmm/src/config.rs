@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::arch::layout::CMDLINE_MAX_SIZE;
 use crate::console::SerialOutput;
+use crate::devices::{BlockConfig, DeviceConfigs, NetConfig, VsockConfig};
 
 /// Most vCPUs a VM may have: APIC IDs must fit the 8 bits of CPUID leaf 1.
 pub const MAX_VCPUS: u8 = 254;
@@ -91,6 +92,7 @@ pub struct VmConfig {
     pub(crate) initrd: Option<File>,
     pub(crate) serial_output: SerialOutput,
     pub(crate) serial_input: Option<Box<dyn Read + Send>>,
+    pub(crate) devices: DeviceConfigs,
 }
 
 /// Builds a microVM.
@@ -119,6 +121,7 @@ pub struct VmBuilder {
     initrd: Option<PathBuf>,
     serial_output: SerialOutput,
     serial_input: Option<Box<dyn Read + Send>>,
+    devices: DeviceConfigs,
 }
 
 impl Default for VmBuilder {
@@ -131,6 +134,7 @@ impl Default for VmBuilder {
             initrd: None,
             serial_output: SerialOutput::Discard,
             serial_input: None,
+            devices: DeviceConfigs::default(),
         }
     }
 }
@@ -188,6 +192,24 @@ impl VmBuilder {
         self
     }
 
+    /// Adds a virtio-blk disk.
+    pub fn block(mut self, config: BlockConfig) -> Self {
+        self.devices.blocks.push(config);
+        self
+    }
+
+    /// Adds a virtio-net device.
+    pub fn net(mut self, config: NetConfig) -> Self {
+        self.devices.nets.push(config);
+        self
+    }
+
+    /// Gives the VM a virtio-vsock device (one at most; a second call replaces the first).
+    pub fn vsock(mut self, config: VsockConfig) -> Self {
+        self.devices.vsock = Some(config);
+        self
+    }
+
     /// Validates the configuration without creating anything.
     pub fn validate(self) -> Result<VmConfig, ConfigError> {
         let vcpus = validate_vcpus(self.vcpus)?;
@@ -208,6 +230,7 @@ impl VmBuilder {
             initrd,
             serial_output: self.serial_output,
             serial_input: self.serial_input,
+            devices: self.devices,
         })
     }
 

@@ -56,6 +56,12 @@ pub enum Error {
     /// A vCPU could not be created, configured or started.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// A virtio device could not be created or attached.
+    #[error(transparent)]
+    Device(#[from] crate::devices::DeviceError),
+    /// The device event loop could not be started.
+    #[error(transparent)]
+    EventLoop(#[from] crate::virtio::EventLoopError),
     /// Devices could not be placed on a bus.
     #[error("cannot place a device: {0}")]
     Bus(#[from] zygote_devices::BusError),

@@ -5,24 +5,32 @@
 
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod arch;
 pub mod boot;
 mod config;
 mod console;
 mod control;
+mod devices;
 mod error;
 mod exit;
 mod memory;
 pub mod vcpu;
+mod virtio;
 mod vm;
 
 pub use boot::BootError;
 pub use config::{ConfigError, VmBuilder, VmConfig, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 pub use console::{ConsoleBuffer, SerialOutput};
 pub use control::VmState;
+pub use devices::{
+    BlockConfig, DeviceError, DeviceHandles, NetBackendConfig, NetConfig, NetStatsSnapshot,
+    PacketEndpoint, VsockConfig,
+};
 pub use error::{Error, KvmError};
 pub use exit::{ExitReason, GuestFault};
 pub use memory::{GuestRam, MemoryError};
+pub use virtio::{EventLoopError, VirtioError, MAX_DEVICES};
 pub use vm::{RunningVm, Vm};
 
 /// Guest memory types, re-exported so users need not depend on vm-memory's exact version.

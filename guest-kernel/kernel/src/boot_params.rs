@@ -19,6 +19,7 @@ const ZERO_PAGE_SIZE: u64 = 4096;
 const E820_RAM: u32 = 1;
 
 /// The zero page, read in place.
+#[derive(Clone, Copy)]
 pub struct BootParams {
     /// Its physical (= virtual) address, or `None` when the VMM passed none usable.
     base: Option<u64>,

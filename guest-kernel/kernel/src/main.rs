@@ -6,11 +6,15 @@
 #![no_std]
 #![no_main]
 
+mod agent;
 mod arch;
+mod arena;
 mod boot_params;
+mod clock;
 mod cmdline;
 mod console;
 mod exit;
+mod virtio;
 mod workloads;
 
 use zygote_guest_proto::{exit_code, PANIC_PREFIX};

@@ -27,6 +27,10 @@ pub fn run(cmdline: &str, boot: &BootParams) -> ! {
             exit(exit_code::UNKNOWN_WORKLOAD)
         }
     };
+    if workload == Workload::Agent {
+        // The agent prints the ready line once its devices are up.
+        crate::agent::run(cmdline, boot)
+    }
     Console.write_bytes(READY_LINE.as_bytes());
     match workload {
         Workload::Ready => exit(exit_code::OK),
@@ -34,12 +38,13 @@ pub fn run(cmdline: &str, boot: &BootParams) -> ! {
         Workload::Touch { mib, pattern } => touch(boot, mib, pattern),
         Workload::Fault(kind) => faults::raise(kind),
         Workload::Spin => spin_forever(),
+        Workload::Agent => unreachable!("handled above"),
     }
 }
 
 /// Writes `mib` MiB of `pattern` after the kernel, reads it back, prints the checksum.
 fn touch(boot: &BootParams, mib: u32, pattern: u64) -> ! {
-    let start = (kernel_end() + TOUCH_ALIGN - 1) & !(TOUCH_ALIGN - 1);
+    let start = touch_start();
     let words = u64::from(mib) * WORDS_PER_MIB;
     // No overflow: start < 1 GiB and words * 8 < 2^52.
     let end = start + words * 8;
@@ -47,11 +52,33 @@ fn touch(boot: &BootParams, mib: u32, pattern: u64) -> ! {
         println!("{ERROR_PREFIX}touch: {mib} MiB at {start:#x}..{end:#x} is not usable RAM (e820)");
         exit(exit_code::TOUCH_ERROR)
     }
+    let checksum = fill_and_checksum(start, words, pattern);
+    println!(
+        "{}",
+        TouchResult {
+            addr: start,
+            mib,
+            checksum
+        }
+    );
+    exit(exit_code::OK)
+}
+
+/// Where `touch` (the workload and the agent's operation) writes: the first [`TOUCH_ALIGN`]
+/// boundary at or after the end of the kernel image.
+pub fn touch_start() -> u64 {
+    (kernel_end() + TOUCH_ALIGN - 1) & !(TOUCH_ALIGN - 1)
+}
+
+/// Writes `words` words of `pattern` from `start`, reads them back, returns their checksum.
+/// The caller has checked that `start..start + words * 8` is usable RAM from [`touch_start`]
+/// on that nothing else in the kernel uses.
+pub fn fill_and_checksum(start: u64, words: u64, pattern: u64) -> u64 {
     let base = start as *mut u64;
     for index in 0..words {
         // SAFETY: `start..end` is usable RAM (e820), identity-mapped and user-writable, past the
-        // kernel image and its stacks; nothing else in the kernel refers to it. Volatile: the
-        // point is to touch the memory, not to compute the checksum.
+        // kernel image and its stacks, below the agent's arena; nothing else in the kernel
+        // refers to it. Volatile: the point is to touch the memory, not to compute a checksum.
         unsafe {
             base.add(index as usize)
                 .write_volatile(pattern_word(pattern, index))
@@ -62,16 +89,7 @@ fn touch(boot: &BootParams, mib: u32, pattern: u64) -> ! {
         // SAFETY: as above; every word was just written.
         checksum.update(unsafe { base.add(index as usize).read_volatile() });
     }
-    let checksum = checksum.value();
-    println!(
-        "{}",
-        TouchResult {
-            addr: start,
-            mib,
-            checksum
-        }
-    );
-    exit(exit_code::OK)
+    checksum.value()
 }
 
 /// The first address past the kernel image.

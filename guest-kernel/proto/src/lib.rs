@@ -21,15 +21,19 @@
 //! ```
 #![no_std]
 
+pub mod agent;
 mod lines;
+mod mmio;
 mod pattern;
 mod ports;
 mod workload;
 
+pub use agent::{AGENT_COUNTER_ADDR, AGENT_PORT};
 pub use lines::{
     ExceptionReport, TouchResult, ERROR_PREFIX, EXCEPTION_PREFIX, LINE_PREFIX, PANIC_PREFIX,
     READY_LINE, TOUCH_PREFIX,
 };
+pub use mmio::{MmioDevice, MAX_MMIO_DEVICES, VIRTIO_MMIO_KEY};
 pub use pattern::{pattern_checksum, pattern_word, Checksum, PATTERN_MULTIPLIER, WORDS_PER_MIB};
 pub use ports::{
     exit_code, COM1_PORT, DEBUG_EXIT_PORT, FAULT_PORT, I8042_COMMAND_PORT, I8042_RESET_COMMAND,

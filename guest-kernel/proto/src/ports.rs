@@ -25,6 +25,8 @@ pub mod exit_code {
     pub const UNKNOWN_WORKLOAD: u32 = 2;
     /// `touch` could not run: the range it needs is not usable RAM.
     pub const TOUCH_ERROR: u32 = 3;
+    /// `agent` could not start: no vsock device, or too little RAM for its buffers.
+    pub const AGENT_ERROR: u32 = 4;
     /// The guest kernel panicked (the same code a Rust program's panic gives).
     pub const PANIC: u32 = 101;
 }

@@ -87,6 +87,10 @@ pub enum Workload {
     Fault(FaultKind),
     /// `spin`: print the ready line, then spin forever in user mode.
     Spin,
+    /// `agent`: bring up the virtio devices on the command line, print the ready line, then
+    /// serve the [`crate::agent`] protocol on vsock port [`crate::AGENT_PORT`] until told to
+    /// exit.
+    Agent,
 }
 
 /// A `zygote.workload=` value that is not a [`Workload`]; displays as
@@ -132,6 +136,7 @@ impl Workload {
         match (name, rest) {
             ("ready", None) => Some(Workload::Ready),
             ("spin", None) => Some(Workload::Spin),
+            ("agent", None) => Some(Workload::Agent),
             ("exit", Some(code)) => parse_decimal(code).map(Workload::Exit),
             ("fault", Some(kind)) => FaultKind::from_name(kind).map(Workload::Fault),
             ("touch", Some(args)) => {
@@ -159,6 +164,7 @@ impl fmt::Display for Workload {
             Workload::Touch { mib, pattern } => write!(f, "touch:{mib}:{pattern:#x}"),
             Workload::Fault(kind) => write!(f, "fault:{kind}"),
             Workload::Spin => f.write_str("spin"),
+            Workload::Agent => f.write_str("agent"),
         }
     }
 }
@@ -199,6 +205,7 @@ mod tests {
     fn parses_every_workload() {
         assert_eq!(Workload::parse("ready"), Ok(Workload::Ready));
         assert_eq!(Workload::parse("spin"), Ok(Workload::Spin));
+        assert_eq!(Workload::parse("agent"), Ok(Workload::Agent));
         assert_eq!(Workload::parse("exit:0"), Ok(Workload::Exit(0)));
         assert_eq!(
             Workload::parse("exit:4294967295"),
@@ -241,6 +248,7 @@ mod tests {
             "fault:",
             "fault:nmi",
             "reboot",
+            "agent:1",
         ] {
             assert_eq!(Workload::parse(bad), Err(UnknownWorkload(bad)), "{bad:?}");
         }
@@ -252,6 +260,7 @@ mod tests {
         let all = [
             Workload::Ready,
             Workload::Spin,
+            Workload::Agent,
             Workload::Exit(7),
             Workload::Touch {
                 mib: 3,

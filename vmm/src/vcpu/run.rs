@@ -87,6 +87,14 @@ fn run_once(vcpu: &mut Vcpu, buses: &Buses) -> Option<ExitReason> {
         }
         VcpuExit::Intr => None,
         VcpuExit::InternalError => Some(internal_error(vcpu)),
+        VcpuExit::Shutdown => {
+            if std::env::var_os("ZYGOTE_DEBUG_FAULT").is_some() {
+                eprintln!("SHUTDOWN regs {:x?}", vcpu.fd.get_regs());
+                eprintln!("SHUTDOWN sregs {:x?}", vcpu.fd.get_sregs());
+                eprintln!("SHUTDOWN events {:x?}", vcpu.fd.get_vcpu_events());
+            }
+            Some(ExitReason::GuestFault(GuestFault::TripleFault))
+        }
         other => Some(stop_reason(index, other)),
     }
 }

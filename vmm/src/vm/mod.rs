@@ -14,12 +14,16 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use zygote_devices::legacy::{Serial, COM1_IRQ};
 
+use zygote_devices::Bus;
+
 use crate::boot;
 use crate::config::VmConfig;
 use crate::control::VmControl;
+use crate::devices::{attach_all, DeviceHandles};
 use crate::error::{Error, KvmError};
 use crate::memory::GuestRam;
 use crate::vcpu::{self, Vcpu};
+use crate::virtio::{EventLoop, VirtioDevices};
 
 pub use running::RunningVm;
 use teardown::KvmVm;
@@ -29,6 +33,7 @@ pub struct Vm {
     // Field order is drop order: vCPUs go before the VM they belong to.
     vcpus: Vec<Vcpu>,
     serial_input: Option<Box<dyn Read + Send>>,
+    virtio: VirtioDevices,
     core: VmCore,
 }
 
@@ -37,6 +42,9 @@ struct VmCore {
     buses: vcpu::run::Buses,
     serial: Arc<Mutex<Serial>>,
     control: Arc<VmControl>,
+    devices: DeviceHandles,
+    /// Serves the virtio devices once the VM runs; stopped before the VM is torn down.
+    event_loop: Option<EventLoop>,
     kvm: KvmVm,
 }
 
@@ -51,6 +59,7 @@ impl Vm {
             mut initrd,
             serial_output,
             serial_input,
+            devices,
         } = config;
         let kvm = Kvm::new().map_err(KvmError::Open)?;
         let ram = GuestRam::new(memory_bytes)?;
@@ -66,9 +75,19 @@ impl Vm {
             .map_err(KvmError::Irqfd)?;
         let serial = Serial::new(serial_irq, serial_output.into_writer());
         let serial = Arc::new(Mutex::new(serial));
-        let buses = setup::legacy_buses(&serial, control.clone())?;
         let memory = kvm.ram().memory();
-        let entry = boot::load(memory, memory_bytes, &mut kernel, &cmdline, initrd.as_mut())?;
+        let mut mmio = Bus::new();
+        let mut virtio = VirtioDevices::default();
+        let handles = attach_all(devices, kvm.vm_fd(), &mut mmio, memory, &mut virtio)?;
+        let buses = setup::buses(&serial, control.clone(), mmio)?;
+        let cmdline = [cmdline.as_str(), &virtio.cmdline()].join(" ");
+        let entry = boot::load(
+            memory,
+            memory_bytes,
+            &mut kernel,
+            cmdline.trim(),
+            initrd.as_mut(),
+        )?;
         let vcpus = (0..vcpu_count)
             .map(|index| Vcpu::new(kvm.vm_fd(), &supported, index, vcpu_count))
             .collect::<Result<Vec<_>, _>>()?;
@@ -78,10 +97,13 @@ impl Vm {
         Ok(Self {
             vcpus,
             serial_input,
+            virtio,
             core: VmCore {
                 buses,
                 serial,
                 control,
+                devices: handles,
+                event_loop: None,
                 kvm,
             },
         })
@@ -92,14 +114,21 @@ impl Vm {
         self.core.kvm.ram().memory()
     }
 
+    /// Handles on the VM's devices (net counters, the vsock socket path).
+    pub fn devices(&self) -> &DeviceHandles {
+        &self.core.devices
+    }
+
     /// Starts the vCPU threads.
     pub fn start(self) -> Result<RunningVm, Error> {
         vcpu::install_kick_handler().map_err(vcpu::VcpuError::KickHandler)?;
         let Self {
-            core,
+            mut core,
             vcpus,
             serial_input,
+            virtio,
         } = self;
+        core.event_loop = virtio.start()?;
         let mut running = RunningVm {
             threads: Vec::with_capacity(vcpus.len()),
             core,

@@ -22,6 +22,27 @@ impl RunningVm {
         self.core.kvm.ram().memory()
     }
 
+    /// Handles on the VM's devices (net counters, the vsock socket path).
+    pub fn devices(&self) -> &crate::DeviceHandles {
+        &self.core.devices
+    }
+
+    /// A connection to the agent in Zygote's guest kernel (workload `agent`), waiting up to
+    /// ten seconds for it to accept.
+    pub fn agent(&self) -> Result<crate::agent::AgentClient, crate::agent::AgentError> {
+        let vsock = self
+            .core
+            .devices
+            .vsock
+            .as_ref()
+            .ok_or(crate::agent::AgentError::NoVsock)?;
+        crate::agent::AgentClient::connect(
+            &vsock.uds_path,
+            crate::agent::AGENT_PORT,
+            Duration::from_secs(10),
+        )
+    }
+
     /// Whether the VM is running, paused or stopped.
     pub fn state(&self) -> VmState {
         self.core.control.state()

@@ -41,9 +41,11 @@ pub(super) fn create_vm_fd(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd, Error> {
     Ok(vm_fd)
 }
 
-pub(super) fn legacy_buses(
+/// The PIO bus with the legacy devices, and `mmio` (already holding the virtio devices).
+pub(super) fn buses(
     serial: &Arc<Mutex<Serial>>,
     control: Arc<VmControl>,
+    mmio: Bus,
 ) -> Result<vcpu::run::Buses, Error> {
     let sink: Arc<dyn VmRequestSink> = control;
     let mut pio = Bus::new();
@@ -59,7 +61,7 @@ pub(super) fn legacy_buses(
     )?;
     Ok(vcpu::run::Buses {
         pio: Arc::new(pio),
-        mmio: Arc::new(Bus::new()),
+        mmio: Arc::new(mmio),
     })
 }
 

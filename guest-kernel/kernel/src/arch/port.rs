@@ -20,3 +20,14 @@ pub unsafe fn outl(port: u16, value: u32) {
     // SAFETY: `out` touches no memory; the caller vouches for the port's side effects.
     unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack)) };
 }
+
+/// Reads a byte from an I/O port.
+///
+/// # Safety
+/// As for [`outb`]: the read must have no effect on memory the kernel relies on.
+pub unsafe fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: `in` touches no memory; the caller vouches for the port's side effects.
+    unsafe { asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack)) };
+    value
+}

@@ -1,0 +1,23 @@
+//! The agent protocol decoder, both directions: any bytes decode to a frame or an error,
+//! never a panic, and what decodes encodes again to bytes that decode to the same value.
+//! (Byte equality is too strong: `Counter` answers two opcodes and encodes as one of them.)
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use zygote_guest_proto::agent::{Request, Response};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok((request, _)) = Request::decode(data) {
+        let mut out = vec![0u8; request.encoded_len()];
+        let n = request.encode(&mut out).expect("a decoded request encodes");
+        assert_eq!(Request::decode(&out[..n]), Ok((request, n)));
+    }
+    if let Ok((response, _)) = Response::decode(data) {
+        let mut out = vec![0u8; response.encoded_len()];
+        let n = response
+            .encode(&mut out)
+            .expect("a decoded response encodes");
+        assert_eq!(Response::decode(&out[..n]), Ok((response, n)));
+    }
+});

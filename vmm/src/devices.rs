@@ -1,0 +1,206 @@
+//! The virtio devices a VM can have, as the builder takes them, and their creation.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::VmFd;
+use zygote_devices::virtio::block::{Block, BlockBackend, BlockError, Overlay, RawFile};
+use zygote_devices::virtio::mmio::MmioTransport;
+use zygote_devices::virtio::net::{Net, NetBackend, NetError, PacketBackend, Tap, TapError};
+use zygote_devices::virtio::vsock::{Vsock, VsockError};
+use zygote_devices::virtio::Memory;
+use zygote_devices::Bus;
+
+pub use zygote_devices::virtio::net::{NetStatsSnapshot, PacketEndpoint};
+pub use zygote_devices::virtio::vsock::VsockConfig;
+
+use crate::virtio::{VirtioDevices, VirtioError};
+
+/// A virtio-blk disk backed by a raw image file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// The raw image.
+    pub path: PathBuf,
+    /// The guest may not write.
+    pub read_only: bool,
+    /// Writes go to an in-memory overlay; the image is never modified (for forks).
+    pub overlay: bool,
+    /// The device ID the guest reads (at most 20 bytes).
+    pub id: String,
+}
+
+impl BlockConfig {
+    /// A writable disk on the image at `path`, with ID `zygote-disk`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            read_only: false,
+            overlay: false,
+            id: "zygote-disk".into(),
+        }
+    }
+
+    /// Makes the disk read-only.
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
+    /// Sends the guest's writes to an in-memory overlay, leaving the image untouched.
+    pub fn overlay(mut self) -> Self {
+        self.overlay = true;
+        self
+    }
+}
+
+/// Where a virtio-net device's frames go.
+pub enum NetBackendConfig {
+    /// A TAP interface, opened (or created) by name.
+    Tap(String),
+    /// An in-process socket pair; the host program keeps the [`PacketEndpoint`].
+    Packet(PacketBackend),
+}
+
+/// A virtio-net device.
+pub struct NetConfig {
+    /// Its MAC address; a locally administered default when `None`.
+    pub mac: Option<[u8; 6]>,
+    /// Where its frames go.
+    pub backend: NetBackendConfig,
+}
+
+impl NetConfig {
+    /// A device on the TAP interface `name`.
+    pub fn tap(name: impl Into<String>) -> Self {
+        Self {
+            mac: None,
+            backend: NetBackendConfig::Tap(name.into()),
+        }
+    }
+
+    /// A device whose frames the host program exchanges through the returned endpoint.
+    pub fn packet() -> std::io::Result<(Self, PacketEndpoint)> {
+        let (backend, endpoint) = PacketBackend::pair()?;
+        let config = Self {
+            mac: None,
+            backend: NetBackendConfig::Packet(backend),
+        };
+        Ok((config, endpoint))
+    }
+
+    /// Sets the MAC address.
+    pub fn with_mac(mut self, mac: [u8; 6]) -> Self {
+        self.mac = Some(mac);
+        self
+    }
+}
+
+/// Errors from creating a VM's devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// A disk image could not be opened.
+    #[error("block: cannot open {path}: {source}")]
+    BlockOpen {
+        /// The image path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The block device refused its configuration.
+    #[error("block: {0}")]
+    Block(#[from] BlockError),
+    /// The TAP interface could not be opened.
+    #[error("net: {0}")]
+    Tap(#[from] TapError),
+    /// The net device refused its configuration.
+    #[error("net: {0}")]
+    Net(#[from] NetError),
+    /// The vsock device could not be created.
+    #[error("vsock: {0}")]
+    Vsock(#[from] VsockError),
+    /// The device could not be placed in the VM.
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
+}
+
+/// Every device configuration of a VM.
+#[derive(Default)]
+pub struct DeviceConfigs {
+    pub(crate) blocks: Vec<BlockConfig>,
+    pub(crate) nets: Vec<NetConfig>,
+    pub(crate) vsock: Option<VsockConfig>,
+}
+
+/// Handles on the devices the host program may want after the VM is built.
+#[derive(Default)]
+pub struct DeviceHandles {
+    pub(crate) nets: Vec<Arc<Mutex<MmioTransport<Net>>>>,
+    pub(crate) vsock: Option<VsockConfig>,
+}
+
+impl DeviceHandles {
+    /// Frame and byte counters of net device `index` (in the order they were added).
+    pub fn net_stats(&self, index: usize) -> Option<NetStatsSnapshot> {
+        let net = self.nets.get(index)?;
+        let transport = net.lock().unwrap_or_else(|p| p.into_inner());
+        Some(transport.device().stats().snapshot())
+    }
+}
+
+/// Creates every configured device and attaches it.
+pub(crate) fn attach_all(
+    configs: DeviceConfigs,
+    vm: &VmFd,
+    mmio: &mut Bus,
+    memory: &Memory,
+    devices: &mut VirtioDevices,
+) -> Result<DeviceHandles, DeviceError> {
+    let mut handles = DeviceHandles::default();
+    for config in configs.blocks {
+        devices.attach(vm, mmio, memory, block(&config)?)?;
+    }
+    for config in configs.nets {
+        handles
+            .nets
+            .push(devices.attach(vm, mmio, memory, net(config)?)?);
+    }
+    if let Some(config) = configs.vsock {
+        devices.attach(vm, mmio, memory, Vsock::new(&config)?)?;
+        handles.vsock = Some(config);
+    }
+    Ok(handles)
+}
+
+fn block(config: &BlockConfig) -> Result<Block, DeviceError> {
+    let file = File::options()
+        .read(true)
+        .write(!config.read_only && !config.overlay)
+        .open(&config.path)
+        .map_err(|source| DeviceError::BlockOpen {
+            path: config.path.clone(),
+            source,
+        })?;
+    let raw = RawFile::new(file).map_err(|source| DeviceError::BlockOpen {
+        path: config.path.clone(),
+        source,
+    })?;
+    let backend: Box<dyn BlockBackend> = if config.overlay {
+        Box::new(Overlay::new(raw))
+    } else {
+        Box::new(raw)
+    };
+    Ok(Block::new(backend, config.read_only, &config.id)?)
+}
+
+fn net(config: NetConfig) -> Result<Net, DeviceError> {
+    let backend: Box<dyn NetBackend> = match config.backend {
+        NetBackendConfig::Tap(name) => Box::new(Tap::open(&name)?),
+        NetBackendConfig::Packet(backend) => Box::new(backend),
+    };
+    let mut net_config = zygote_devices::virtio::net::NetConfig::default();
+    if let Some(mac) = config.mac {
+        net_config.mac = mac;
+    }
+    Ok(Net::new(net_config, backend)?)
+}

@@ -1,0 +1,91 @@
+//! The VM's device event loop: one thread running an event-manager over every device's queue
+//! notification eventfds and host-side backend fds.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// A subscriber the loop drives.
+pub type Subscriber = Box<dyn MutEventSubscriber + Send>;
+
+/// Errors from starting the event loop.
+#[derive(Debug, thiserror::Error)]
+pub enum EventLoopError {
+    /// The event manager (epoll) could not be created or a subscriber registered.
+    #[error("cannot set up the device event loop: {0}")]
+    Manager(#[from] event_manager::Error),
+    /// The stop eventfd could not be created.
+    #[error("cannot create the event loop's stop eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// The thread could not be started.
+    #[error("cannot start the device event loop thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Ends the loop when its eventfd is written.
+struct Stopper {
+    fd: EventFd,
+    stopped: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for Stopper {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.fd.read();
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        // Registration only fails for a duplicate fd, which a fresh eventfd cannot be.
+        let _ = ops.add(Events::new(&self.fd, EventSet::IN));
+    }
+}
+
+/// The running loop; dropping it stops and joins the thread.
+pub struct EventLoop {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EventLoop {
+    /// Starts a thread that serves `subscribers` until the loop is dropped.
+    pub fn start(subscribers: Vec<Subscriber>) -> Result<Self, EventLoopError> {
+        let mut manager = EventManager::<Subscriber>::new()?;
+        for subscriber in subscribers {
+            manager.add_subscriber(subscriber);
+        }
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(EventLoopError::EventFd)?;
+        let stopped = Arc::new(AtomicBool::new(false));
+        manager.add_subscriber(Box::new(Stopper {
+            fd: stop.try_clone().map_err(EventLoopError::EventFd)?,
+            stopped: stopped.clone(),
+        }));
+        let thread = std::thread::Builder::new()
+            .name("zygote-devices".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::SeqCst) {
+                    if manager.run().is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(EventLoopError::Spawn)?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        if self.stop.write(1).is_ok() {
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Virtio devices in a VM: where each sits (MMIO window and interrupt line), how the guest
+//! learns of it (the kernel command line), and the event loop that serves it.
+
+mod event_loop;
+mod subscriber;
+
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use zygote_devices::virtio::mmio::{MmioTransport, TransportError, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
+use zygote_devices::virtio::{EventFdInterrupt, Memory, VirtioDevice};
+use zygote_devices::{Bus, BusError, BusRange};
+
+use crate::arch::layout::VIRTIO_MMIO_START;
+pub use event_loop::{EventLoop, EventLoopError, Subscriber};
+use subscriber::DeviceSubscriber;
+
+/// Interrupt line of the first virtio device; the next ones follow.
+const FIRST_IRQ: u32 = 5;
+/// Most virtio devices one VM has (interrupt lines 5 to 20).
+pub const MAX_DEVICES: u32 = 16;
+
+/// Errors from attaching a virtio device.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    /// More devices than [`MAX_DEVICES`].
+    #[error("a VM has at most {MAX_DEVICES} virtio devices")]
+    TooManyDevices,
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd for a virtio device: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// `KVM_IRQFD` failed.
+    #[error("KVM_IRQFD for virtio interrupt {irq} failed: {source}")]
+    Irqfd {
+        /// The interrupt line.
+        irq: u32,
+        /// Underlying error.
+        source: kvm_ioctls::Error,
+    },
+    /// `KVM_IOEVENTFD` failed.
+    #[error("KVM_IOEVENTFD for the device at {base:#x} failed: {source}")]
+    Ioeventfd {
+        /// The device's MMIO base.
+        base: u64,
+        /// Underlying error.
+        source: kvm_ioctls::Error,
+    },
+    /// The device declared invalid queues.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The MMIO window could not be placed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// Places virtio devices and collects what the VM needs to run them.
+#[derive(Default)]
+pub struct VirtioDevices {
+    count: u32,
+    cmdline: Vec<String>,
+    subscribers: Vec<Subscriber>,
+}
+
+impl VirtioDevices {
+    /// Puts `device` in the next MMIO window with the next interrupt line: registers its irqfd
+    /// and queue-notify ioeventfds with KVM and its register file on `mmio`.
+    pub fn attach<D: VirtioDevice + 'static>(
+        &mut self,
+        vm: &VmFd,
+        mmio: &mut Bus,
+        memory: &Memory,
+        device: D,
+    ) -> Result<Arc<Mutex<MmioTransport<D>>>, VirtioError> {
+        if self.count >= MAX_DEVICES {
+            return Err(VirtioError::TooManyDevices);
+        }
+        let base = VIRTIO_MMIO_START + u64::from(self.count) * MMIO_LEN;
+        let irq = FIRST_IRQ + self.count;
+        let irq_fd = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
+        vm.register_irqfd(&irq_fd, irq)
+            .map_err(|source| VirtioError::Irqfd { irq, source })?;
+        let line = Arc::new(EventFdInterrupt::new(irq_fd));
+        let transport = MmioTransport::new(device, memory.clone(), line)?;
+        let notify = register_notify(vm, base, transport.queue_count())?;
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(
+            transport.clone(),
+            BusRange {
+                base,
+                len: MMIO_LEN,
+            },
+        )?;
+        self.subscribers
+            .push(Box::new(DeviceSubscriber::new(transport.clone(), notify)));
+        self.cmdline
+            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        self.count += 1;
+        Ok(transport)
+    }
+
+    /// What to append to the kernel command line so the guest finds the devices (Linux's
+    /// `virtio_mmio.device=` format).
+    pub fn cmdline(&self) -> String {
+        self.cmdline.join(" ")
+    }
+
+    /// Starts the event loop serving every attached device (none if there are none).
+    pub fn start(self) -> Result<Option<EventLoop>, EventLoopError> {
+        if self.subscribers.is_empty() {
+            return Ok(None);
+        }
+        EventLoop::start(self.subscribers).map(Some)
+    }
+}
+
+/// One ioeventfd per queue on the QueueNotify register, matching the queue index written.
+fn register_notify(vm: &VmFd, base: u64, queues: usize) -> Result<Vec<EventFd>, VirtioError> {
+    let addr = IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
+    (0..queues as u32)
+        .map(|index| {
+            let fd = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
+            vm.register_ioevent(&fd, &addr, index)
+                .map_err(|source| VirtioError::Ioeventfd { base, source })?;
+            Ok(fd)
+        })
+        .collect()
+}
