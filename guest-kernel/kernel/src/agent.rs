@@ -58,7 +58,8 @@ struct Agent {
     /// Where `Touch` writes, and the first address it may not reach (the arena).
     touch_start: u64,
     touch_limit: u64,
-    sessions: [Session; MAX_CONNS],
+    /// MAX_CONNS sessions, in arena memory (kept off the small user stack).
+    sessions: &'static mut [Session],
     big_owner: Option<ConnId>,
     /// LEN_PREFIX + MAX_FRAME bytes: one large request at a time.
     big: &'static mut [u8],
@@ -80,7 +81,8 @@ pub fn run(cmdline: &str, boot: &BootParams) -> ! {
     let Some(mut arena) = Arena::at_top_of_ram(boot, start) else {
         fail("agent: not enough RAM for the agent's buffers")
     };
-    let devices = virtio::discover(cmdline, &mut arena);
+    let clock = Clock::new();
+    let devices = virtio::discover(cmdline, &mut arena, clock);
     if devices.vsock.is_none() {
         fail("agent: no virtio-vsock device")
     }
@@ -99,12 +101,15 @@ pub fn run(cmdline: &str, boot: &BootParams) -> ! {
     let scratch = take(CONN_BUF.max(SOURCE_CHUNK));
     let response = take(RESPONSE_BUF);
     let data = take(zygote_guest_proto::agent::MAX_DISK_SECTORS as usize * SECTOR_SIZE);
+    let Some(sessions) = arena.alloc_slice(MAX_CONNS, Session::None) else {
+        fail("agent: out of arena memory")
+    };
     let mut agent = Agent {
         devices,
-        clock: Clock::new(),
+        clock,
         touch_start: start,
         touch_limit: arena.start(),
-        sessions: [Session::None; MAX_CONNS],
+        sessions,
         big_owner: None,
         big,
         scratch,

@@ -51,6 +51,24 @@ impl Arena {
         Some(ptr)
     }
 
+    /// `len` copies of `value`, for tables too large for the small user stack: a struct holding
+    /// them by value would be built and moved on the stack (several copies of it at once in
+    /// one frame once inlined). `None` when the arena is exhausted.
+    pub fn alloc_slice<T: Copy>(&mut self, len: usize, value: T) -> Option<&'static mut [T]> {
+        let size = core::mem::size_of::<T>().checked_mul(len)?;
+        let ptr = self
+            .alloc_uninit(size, core::mem::align_of::<T>())?
+            .cast::<T>();
+        for index in 0..len {
+            // SAFETY: `ptr..ptr + len` was just carved out of the arena for `len` values of
+            // `T`, aligned for `T`; each element is written once before the slice exists.
+            unsafe { ptr.add(index).write(value) };
+        }
+        // SAFETY: every element was initialized above; the memory is handed out once and
+        // never freed, so the slice may live for the whole run.
+        Some(unsafe { core::slice::from_raw_parts_mut(ptr, len) })
+    }
+
     /// Like [`Arena::alloc`] without zeroing: for byte buffers always written before read.
     pub fn alloc_uninit(&mut self, size: usize, align: usize) -> Option<*mut u8> {
         let align = align as u64;

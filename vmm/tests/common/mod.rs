@@ -53,3 +53,66 @@ pub fn wait_exit(vm: &mut RunningVm, console: &ConsoleBuffer) -> ExitReason {
 pub fn temp_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("zygote-test-{}-{name}", std::process::id()))
 }
+
+/// A guest running the agent with a vsock device, and optionally a disk and a packet NIC.
+pub struct AgentVm {
+    /// The running VM.
+    pub vm: RunningVm,
+    /// Its console.
+    pub console: ConsoleBuffer,
+    /// The vsock Unix socket.
+    pub uds: std::path::PathBuf,
+    /// The host end of the packet NIC, if any.
+    pub endpoint: Option<zygote::PacketEndpoint>,
+}
+
+/// What the agent VM gets besides vsock.
+#[derive(Default)]
+pub struct AgentOpts {
+    /// A disk.
+    pub block: Option<zygote::BlockConfig>,
+    /// A NIC on the in-process packet backend.
+    pub packet_nic: bool,
+    /// A NIC on a TAP interface of this name.
+    pub tap: Option<String>,
+}
+
+/// Boots the agent workload and waits for its ready line.
+pub fn agent_vm(name: &str, opts: AgentOpts) -> AgentVm {
+    let uds = temp_path(&format!("{name}.vsock"));
+    let mut builder = builder(&Workload::Agent).vsock(zygote::VsockConfig {
+        guest_cid: 3,
+        uds_path: uds.clone(),
+    });
+    if let Some(block) = opts.block {
+        builder = builder.block(block);
+    }
+    let mut endpoint = None;
+    if opts.packet_nic {
+        let (net, end) = zygote::NetConfig::packet().expect("socket pair");
+        builder = builder.net(net);
+        endpoint = Some(end);
+    }
+    if let Some(tap) = opts.tap {
+        builder = builder.net(zygote::NetConfig::tap(tap));
+    }
+    let (mut vm, console) = start_with(builder);
+    if !console.wait_for(zygote_guest::READY_LINE, GUEST_TIMEOUT) {
+        let _ = vm.shutdown();
+        panic!("agent not ready; console:\n{}", console.text());
+    }
+    AgentVm {
+        vm,
+        console,
+        uds,
+        endpoint,
+    }
+}
+
+/// A file of `len` bytes of a recognisable pattern, for disks.
+pub fn disk_image(name: &str, len: usize) -> std::path::PathBuf {
+    let path = temp_path(name);
+    let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, bytes).expect("write the disk image");
+    path
+}

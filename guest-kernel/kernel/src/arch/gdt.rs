@@ -62,8 +62,8 @@ global_asm!(
     "    .byte 0xff",                     // the terminator the CPU requires
     "zg_tss_end:",
     "",
-    ".section .stacks, \"aw\", @nobits",
-    ".balign 16",
+    ".section .stacks.exception, \"aw\", @nobits",
+    ".balign 4096",
     "    .skip {stack_size}",
     "zg_exception_stack_top:",
     stack_size = const EXCEPTION_STACK_SIZE,

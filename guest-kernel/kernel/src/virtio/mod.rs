@@ -36,7 +36,8 @@ pub struct Devices {
 
 /// Probes every `virtio_mmio.device=` entry on `cmdline` and binds a driver to the first
 /// device of each kind. Failures are printed as error lines and leave that device unbound.
-pub fn discover(cmdline: &str, arena: &mut Arena) -> Devices {
+/// `clock` is the caller's (calibrating the TSC can take 10 ms: do it once).
+pub fn discover(cmdline: &str, arena: &mut Arena, clock: Clock) -> Devices {
     let mut devices = Devices::default();
     for entry in MmioDevice::from_cmdline(cmdline) {
         if entry.base < MMIO_FLOOR || entry.base + entry.size > MMIO_CEILING || entry.size < 0x200 {
@@ -59,7 +60,7 @@ pub fn discover(cmdline: &str, arena: &mut Arena) -> Devices {
                 Net::new(mmio, arena).map(|d| devices.net = Some(d))
             }
             device_id::VSOCK if devices.vsock.is_none() => {
-                Vsock::new(mmio, arena).map(|d| devices.vsock = Some(d))
+                Vsock::new(mmio, arena, clock).map(|d| devices.vsock = Some(d))
             }
             _ => Ok(()),
         };

@@ -214,9 +214,11 @@ pub struct Vsock {
     tx_free: u32,
     /// The connection rings, CONN_BUF bytes each.
     rings: *mut u8,
-    conns: [Conn; MAX_CONNS],
+    /// MAX_CONNS connections and PENDING queued control packets, in arena memory: together
+    /// ~20 KiB, too much to move around on the 64 KiB user stack.
+    conns: &'static mut [Conn],
     listening: [Option<u32>; 4],
-    pending: [Pending; PENDING],
+    pending: &'static mut [Pending],
     pending_head: usize,
     pending_len: usize,
     next_port: u32,
@@ -224,7 +226,7 @@ pub struct Vsock {
 
 impl Vsock {
     /// Initializes the device, posts receive and event buffers, reads the guest CID.
-    pub fn new(mmio: Mmio, arena: &mut Arena) -> Result<Self, VirtioError> {
+    pub fn new(mmio: Mmio, arena: &mut Arena, clock: Clock) -> Result<Self, VirtioError> {
         mmio.begin(0, 0)?;
         let rx = mmio.queue(arena, RX_QUEUE, 128)?;
         let tx = mmio.queue(arena, TX_QUEUE, 128)?;
@@ -234,6 +236,8 @@ impl Vsock {
         let tx_slots = arena.alloc_uninit(TX_SLOTS * SLOT, 4096).ok_or(oom)?;
         let event_slots = arena.alloc(EVENT_SLOTS * EVENT_SIZE, 64).ok_or(oom)?;
         let rings = arena.alloc_uninit(MAX_CONNS * CONN_BUF, 4096).ok_or(oom)?;
+        let conns = arena.alloc_slice(MAX_CONNS, Conn::FREE).ok_or(oom)?;
+        let pending = arena.alloc_slice(PENDING, Pending::default()).ok_or(oom)?;
         let guest_cid = mmio.config(|m| m.config_u64(0));
         let mut vsock = Vsock {
             mmio,
@@ -241,7 +245,7 @@ impl Vsock {
             tx,
             events,
             guest_cid,
-            clock: Clock::new(),
+            clock,
             rx_slots,
             tx_slots,
             event_slots,
@@ -250,9 +254,9 @@ impl Vsock {
             event_slot_of: [0; 128],
             tx_free: u32::MAX,
             rings,
-            conns: [Conn::FREE; MAX_CONNS],
+            conns,
             listening: [None; 4],
-            pending: [Pending::default(); PENDING],
+            pending,
             pending_head: 0,
             pending_len: 0,
             next_port: EPHEMERAL_PORTS,
@@ -360,7 +364,7 @@ impl Vsock {
 
     /// Every connection is gone (the device was reset, e.g. after a migration or snapshot).
     fn transport_reset(&mut self) {
-        self.conns = [Conn::FREE; MAX_CONNS];
+        self.conns.fill(Conn::FREE);
         self.pending_len = 0;
         self.guest_cid = self.mmio.config(|m| m.config_u64(0));
     }
