@@ -5,8 +5,16 @@ use std::sync::Arc;
 /// How a guest failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestFault {
-    /// The CPU triple-faulted (KVM reported a shutdown).
-    TripleFault,
+    /// The CPU triple-faulted (KVM reported a shutdown). The registers are those KVM reports
+    /// at that point, for diagnosis.
+    TripleFault {
+        /// Instruction pointer.
+        rip: u64,
+        /// Stack pointer.
+        rsp: u64,
+        /// The exception KVM was delivering, if it says (vector).
+        exception: Option<u8>,
+    },
     /// The guest kernel reported an unrecoverable exception through the debug-exit device.
     Exception {
         /// The exception vector (0 divide error, 6 invalid opcode, 13 #GP, 14 #PF, ...).

@@ -29,7 +29,7 @@ fn a_triple_fault_is_a_guest_fault() {
     let (mut vm, console) = start(&Workload::Fault(FaultKind::TripleFault));
     let exit = wait_exit(&mut vm, &console);
     assert!(
-        matches!(exit, ExitReason::GuestFault(GuestFault::TripleFault)),
+        matches!(exit, ExitReason::GuestFault(GuestFault::TripleFault { .. })),
         "{exit:?}\n{}",
         console.text()
     );

@@ -19,13 +19,45 @@ const LEAF7_EDX_AMX: u32 = (1 << 22) | (1 << 24) | (1 << 25);
 /// XCR0 bits 17 and 18: AMX tile configuration and data.
 const XCR0_AMX: u32 = (1 << 17) | (1 << 18);
 
-/// Filters `supported` (from `KVM_GET_SUPPORTED_CPUID`) for vCPU `index` of `count`.
-pub fn filter(supported: &CpuId, index: u8, count: u8) -> CpuId {
+/// The hypervisor signature leaf (KVM's `KVMKVMKVM`); its EAX is the highest hypervisor leaf.
+const LEAF_HYPERVISOR: u32 = 0x4000_0000;
+/// The timing leaf (the VMware convention Linux and Zygote's guest read): EAX = TSC frequency
+/// in kHz, EBX = local APIC bus frequency in kHz.
+pub const LEAF_TIMING: u32 = 0x4000_0010;
+/// KVM's local APIC timer runs at 1 GHz.
+const APIC_BUS_KHZ: u32 = 1_000_000;
+
+/// Filters `supported` (from `KVM_GET_SUPPORTED_CPUID`) for vCPU `index` of `count`. With
+/// `tsc_khz`, the timing leaf tells the guest its TSC frequency, so it need not calibrate it.
+pub fn filter(supported: &CpuId, index: u8, count: u8, tsc_khz: Option<u32>) -> CpuId {
     let mut cpuid = supported.clone();
     for entry in cpuid.as_mut_slice() {
         filter_entry(entry, index, count);
     }
+    if let Some(khz) = tsc_khz {
+        add_timing_leaf(&mut cpuid, khz);
+    }
     cpuid
+}
+
+/// Adds the timing leaf if the hypervisor leaves are there to announce it.
+fn add_timing_leaf(cpuid: &mut CpuId, tsc_khz: u32) {
+    let Some(signature) = cpuid
+        .as_mut_slice()
+        .iter_mut()
+        .find(|e| e.function == LEAF_HYPERVISOR)
+    else {
+        return;
+    };
+    signature.eax = signature.eax.max(LEAF_TIMING);
+    let timing = kvm_cpuid_entry2 {
+        function: LEAF_TIMING,
+        eax: tsc_khz,
+        ebx: APIC_BUS_KHZ,
+        ..Default::default()
+    };
+    // A full table only loses the hint; the guest then calibrates on its own.
+    let _ = cpuid.push(timing);
 }
 
 fn filter_entry(entry: &mut kvm_cpuid_entry2, index: u8, count: u8) {
@@ -93,7 +125,7 @@ mod tests {
             entry(LEAF_XSAVE, 18, u32::MAX),
         ])
         .unwrap();
-        let cpuid = filter(&supported, 1, 2);
+        let cpuid = filter(&supported, 1, 2, Some(2_000_000));
         let e = cpuid.as_slice();
         assert_eq!(e[0].ebx >> 24, 1);
         assert_eq!((e[0].ebx >> 16) & 0xff, 2);
@@ -105,5 +137,20 @@ mod tests {
         assert_eq!(e[3].edx, 1);
         assert_eq!(e[4].eax & XCR0_AMX, 0);
         assert_eq!(e[5].eax, 0);
+        // No hypervisor leaves in this table: no timing leaf either.
+        assert!(e.iter().all(|entry| entry.function != LEAF_TIMING));
+    }
+
+    #[test]
+    fn the_timing_leaf_announces_the_tsc_frequency() {
+        let supported = CpuId::from_entries(&[entry(LEAF_HYPERVISOR, 0, 0x4000_0001)]).unwrap();
+        let cpuid = filter(&supported, 0, 1, Some(2_245_780));
+        let e = cpuid.as_slice();
+        assert_eq!(e[0].eax, LEAF_TIMING);
+        let timing = e
+            .iter()
+            .find(|entry| entry.function == LEAF_TIMING)
+            .unwrap();
+        assert_eq!((timing.eax, timing.ebx), (2_245_780, 1_000_000));
     }
 }

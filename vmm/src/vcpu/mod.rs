@@ -87,7 +87,9 @@ impl Vcpu {
             .create_vcpu(u64::from(index))
             .map_err(|source| VcpuError::Create { index, source })?;
         let configure = |op| move |source| VcpuError::Configure { op, index, source };
-        fd.set_cpuid2(&cpuid::filter(supported, index, count))
+        // Without KVM_CAP_GET_TSC_KHZ the guest calibrates its TSC itself.
+        let tsc_khz = fd.get_tsc_khz().ok();
+        fd.set_cpuid2(&cpuid::filter(supported, index, count, tsc_khz))
             .map_err(configure("KVM_SET_CPUID2"))?;
         let msrs = msr::boot_msrs().map_err(|_| VcpuError::SetMsr { index, msr: 0 })?;
         let set = fd.set_msrs(&msrs).map_err(configure("KVM_SET_MSRS"))?;

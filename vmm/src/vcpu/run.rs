@@ -87,14 +87,7 @@ fn run_once(vcpu: &mut Vcpu, buses: &Buses) -> Option<ExitReason> {
         }
         VcpuExit::Intr => None,
         VcpuExit::InternalError => Some(internal_error(vcpu)),
-        VcpuExit::Shutdown => {
-            if std::env::var_os("ZYGOTE_DEBUG_FAULT").is_some() {
-                eprintln!("SHUTDOWN regs {:x?}", vcpu.fd.get_regs());
-                eprintln!("SHUTDOWN sregs {:x?}", vcpu.fd.get_sregs());
-                eprintln!("SHUTDOWN events {:x?}", vcpu.fd.get_vcpu_events());
-            }
-            Some(ExitReason::GuestFault(GuestFault::TripleFault))
-        }
+        VcpuExit::Shutdown => Some(triple_fault(vcpu)),
         other => Some(stop_reason(index, other)),
     }
 }
@@ -102,7 +95,6 @@ fn run_once(vcpu: &mut Vcpu, buses: &Buses) -> Option<ExitReason> {
 /// Maps an exit that ends the VM to its reason.
 fn stop_reason(index: u8, exit: VcpuExit<'_>) -> ExitReason {
     match exit {
-        VcpuExit::Shutdown => ExitReason::GuestFault(GuestFault::TripleFault),
         VcpuExit::Hlt => ExitReason::PowerOff,
         VcpuExit::SystemEvent(kind, _) => match kind {
             KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
@@ -115,6 +107,22 @@ fn stop_reason(index: u8, exit: VcpuExit<'_>) -> ExitReason {
         }
         other => unexpected(index, format!("{other:?}")),
     }
+}
+
+/// A triple fault, with what KVM still knows of the CPU state (zeros if it cannot say).
+fn triple_fault(vcpu: &Vcpu) -> ExitReason {
+    let regs = vcpu.fd.get_regs().unwrap_or_default();
+    let exception = vcpu
+        .fd
+        .get_vcpu_events()
+        .ok()
+        .filter(|events| events.exception.injected != 0 || events.exception.pending != 0)
+        .map(|events| events.exception.nr);
+    ExitReason::GuestFault(GuestFault::TripleFault {
+        rip: regs.rip,
+        rsp: regs.rsp,
+        exception,
+    })
 }
 
 fn internal_error(vcpu: &mut Vcpu) -> ExitReason {
