@@ -1,6 +1,6 @@
 //! What a virtio device supplies to the transport.
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 
 use super::Interrupt;
 
@@ -18,6 +18,37 @@ pub struct Activation {
     pub interrupt: Interrupt,
     /// The features the driver accepted.
     pub features: u64,
+}
+
+/// What an active device works with: the pieces of its [`Activation`], checked.
+pub struct Active {
+    /// Guest memory.
+    pub memory: Memory,
+    /// The device's queues, all enabled by the driver.
+    pub queues: Vec<Queue>,
+    /// The device's interrupt.
+    pub interrupt: Interrupt,
+}
+
+impl Activation {
+    /// Checks that the driver handed over `count` queues, all enabled, and keeps what a device
+    /// needs to run them.
+    pub fn into_active(self, count: usize) -> Result<Active, ActivateError> {
+        if self.queues.len() != count {
+            return Err(ActivateError::QueueCount {
+                expected: count,
+                got: self.queues.len(),
+            });
+        }
+        if let Some(index) = self.queues.iter().position(|q| !q.ready()) {
+            return Err(ActivateError::QueueNotReady(index));
+        }
+        Ok(Active {
+            memory: self.memory,
+            queues: self.queues,
+            interrupt: self.interrupt,
+        })
+    }
 }
 
 /// Why a device refused to start.

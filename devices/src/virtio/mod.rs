@@ -19,7 +19,7 @@ pub mod testing;
 pub mod vsock;
 
 pub use chain::{collect_chain, ChainBuffers, ChainError, Segment};
-pub use device::{read_config_bytes, ActivateError, Activation, Memory, VirtioDevice};
+pub use device::{read_config_bytes, ActivateError, Activation, Active, Memory, VirtioDevice};
 pub use interrupt::{EventFdInterrupt, Interrupt, InterruptLine};
 
 /// Feature bit every modern device offers and every driver must accept (`VIRTIO_F_VERSION_1`).

@@ -11,7 +11,7 @@ use vm_memory::Bytes;
 use super::request::{self, Request};
 use super::{BlockBackend, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SIZE_MAX};
 use crate::virtio::{
-    collect_chain, read_config_bytes, ActivateError, Activation, Interrupt, Memory, VirtioDevice,
+    collect_chain, read_config_bytes, ActivateError, Activation, Active, Memory, VirtioDevice,
     VIRTIO_F_VERSION_1,
 };
 
@@ -21,13 +21,6 @@ pub enum BlockError {
     /// The ID string is longer than the 20 bytes GET_ID returns.
     #[error("block device ID is {0} bytes, at most 20 allowed")]
     IdTooLong(usize),
-}
-
-/// The queue, memory and interrupt of an active device.
-struct Active {
-    memory: Memory,
-    queues: Vec<Queue>,
-    interrupt: Interrupt,
 }
 
 /// A virtio-blk device.
@@ -188,27 +181,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let Activation {
-            memory,
-            queues,
-            interrupt,
-            ..
-        } = activation;
-        match queues.as_slice() {
-            [queue] if queue.ready() => {}
-            [_] => return Err(ActivateError::QueueNotReady(0)),
-            other => {
-                return Err(ActivateError::QueueCount {
-                    expected: 1,
-                    got: other.len(),
-                })
-            }
-        }
-        self.active = Some(Active {
-            memory,
-            queues,
-            interrupt,
-        });
+        self.active = Some(activation.into_active(1)?);
         Ok(())
     }
 

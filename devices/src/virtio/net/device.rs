@@ -10,8 +10,8 @@ use super::backend::{NetBackend, Recv};
 use super::queue::{read_tx_frame, write_rx_frame, RxError};
 use super::{NetStats, DEFAULT_MAC, MAX_FRAME_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use crate::virtio::{
-    collect_chain, read_config_bytes, ActivateError, Activation, Interrupt, Memory, VirtioDevice,
-    VIRTIO_F_VERSION_1,
+    collect_chain, read_config_bytes, ActivateError, Activation, Active, Interrupt, Memory,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// How a device presents itself to the guest.
@@ -34,13 +34,6 @@ pub enum NetError {
     /// The MAC is a multicast or broadcast address.
     #[error("MAC {0:02x?} is multicast; a device needs a unicast address")]
     MulticastMac([u8; 6]),
-}
-
-/// Memory, queues and interrupt of an active device.
-struct Active {
-    memory: Memory,
-    queues: Vec<Queue>,
-    interrupt: Interrupt,
 }
 
 /// A virtio-net device over a [`NetBackend`].
@@ -306,26 +299,7 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let Activation {
-            memory,
-            queues,
-            interrupt,
-            ..
-        } = activation;
-        if queues.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                got: queues.len(),
-            });
-        }
-        if let Some(index) = queues.iter().position(|q| !q.ready()) {
-            return Err(ActivateError::QueueNotReady(index));
-        }
-        self.active = Some(Active {
-            memory,
-            queues,
-            interrupt,
-        });
+        self.active = Some(activation.into_active(2)?);
         // Frames may have waited for the driver; deliver what the posted buffers allow.
         self.process_rx();
         Ok(())

@@ -10,7 +10,7 @@ use super::muxer::Muxer;
 use super::packet::{Header, HEADER_LEN, MAX_PAYLOAD};
 use crate::virtio::chain::{read_gathered, total_len};
 use crate::virtio::{
-    collect_chain, read_config_bytes, ActivateError, Activation, Interrupt, Memory, Segment,
+    collect_chain, read_config_bytes, ActivateError, Activation, Active, Memory, Segment,
     VirtioDevice,
 };
 
@@ -44,12 +44,6 @@ pub enum VsockError {
         /// Underlying error.
         source: std::io::Error,
     },
-}
-
-struct Active {
-    memory: Memory,
-    queues: Vec<Queue>,
-    interrupt: Interrupt,
 }
 
 /// A virtio-vsock device.
@@ -215,26 +209,7 @@ impl VirtioDevice for Vsock {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let Activation {
-            memory,
-            queues,
-            interrupt,
-            ..
-        } = activation;
-        if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUE_SIZES.len(),
-                got: queues.len(),
-            });
-        }
-        if let Some(index) = queues.iter().position(|q| !q.ready()) {
-            return Err(ActivateError::QueueNotReady(index));
-        }
-        self.active = Some(Active {
-            memory,
-            queues,
-            interrupt,
-        });
+        self.active = Some(activation.into_active(QUEUE_SIZES.len())?);
         Ok(())
     }
 
