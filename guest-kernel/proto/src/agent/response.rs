@@ -1,0 +1,217 @@
+//! Responses from the agent to the host: the type and its codec.
+
+use super::codec::{split_frame, whole_sectors, Reader, Writer};
+use super::{
+    DecodeError, EncodeError, ErrorCode, Opcode, DISK_ID_LEN, LEN_PREFIX, MAX_FRAME,
+    MAX_HOST_REPLY, MAX_NET_FRAME,
+};
+// Only named in doc links.
+#[cfg(doc)]
+use super::{Request, StreamChecksum};
+#[cfg(doc)]
+use crate::pattern::Checksum;
+
+/// A response from the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Response<'a> {
+    /// Answers [`Request::Ping`].
+    Pong,
+    /// Answers [`Request::Echo`].
+    Echo(&'a [u8]),
+    /// Answers [`Request::Touch`].
+    Touched {
+        /// Guest-physical address of the first word written.
+        addr: u64,
+        /// The [`Checksum`] read back (equals [`crate::pattern_checksum`]).
+        checksum: u64,
+    },
+    /// Answers [`Request::Checksum`].
+    Checksum(u64),
+    /// Answers [`Request::DiskWrite`].
+    DiskWritten,
+    /// Answers [`Request::DiskRead`]: `count * 512` bytes.
+    DiskData(&'a [u8]),
+    /// Answers [`Request::DiskFlush`].
+    DiskFlushed,
+    /// Answers [`Request::DiskId`].
+    DiskId([u8; DISK_ID_LEN]),
+    /// Answers [`Request::NetSend`].
+    NetSent,
+    /// Answers [`Request::NetRecv`]: the frame, without the virtio-net header.
+    NetFrame(&'a [u8]),
+    /// Answers [`Request::CounterAdd`] and [`Request::CounterGet`].
+    Counter(u64),
+    /// Answers [`Request::Sink`] once all bytes arrived.
+    Sunk {
+        /// Bytes received.
+        len: u64,
+        /// Their [`StreamChecksum`].
+        checksum: u64,
+    },
+    /// Answers [`Request::Source`]; `len` raw bytes follow.
+    Sourcing {
+        /// Bytes that follow.
+        len: u64,
+    },
+    /// Answers [`Request::ConnectHost`]: what the host sent back.
+    HostReply(&'a [u8]),
+    /// Answers [`Request::Exit`]; the guest exits after sending it.
+    Exiting(u32),
+    /// The request failed.
+    Error(ErrorCode),
+}
+
+impl<'a> Response<'a> {
+    /// The opcode an ok response answers; `None` for [`Response::Error`].
+    pub const fn opcode(&self) -> Option<Opcode> {
+        Some(match self {
+            Response::Pong => Opcode::Ping,
+            Response::Echo(_) => Opcode::Echo,
+            Response::Touched { .. } => Opcode::Touch,
+            Response::Checksum(_) => Opcode::Checksum,
+            Response::DiskWritten => Opcode::DiskWrite,
+            Response::DiskData(_) => Opcode::DiskRead,
+            Response::DiskFlushed => Opcode::DiskFlush,
+            Response::DiskId(_) => Opcode::DiskId,
+            Response::NetSent => Opcode::NetSend,
+            Response::NetFrame(_) => Opcode::NetRecv,
+            Response::Counter(_) => Opcode::CounterGet,
+            Response::Sunk { .. } => Opcode::Sink,
+            Response::Sourcing { .. } => Opcode::Source,
+            Response::HostReply(_) => Opcode::ConnectHost,
+            Response::Exiting(_) => Opcode::Exit,
+            Response::Error(_) => return None,
+        })
+    }
+
+    /// Bytes of the body (status, opcode and fields), without the length prefix.
+    fn body_len(&self) -> usize {
+        let fields = match self {
+            Response::Error(_) => return 1,
+            Response::Pong | Response::DiskWritten | Response::DiskFlushed | Response::NetSent => 0,
+            Response::Echo(data)
+            | Response::DiskData(data)
+            | Response::NetFrame(data)
+            | Response::HostReply(data) => data.len(),
+            Response::Touched { .. } | Response::Sunk { .. } => 16,
+            Response::Checksum(_) | Response::Counter(_) | Response::Sourcing { .. } => 8,
+            Response::DiskId(_) => DISK_ID_LEN,
+            Response::Exiting(_) => 4,
+        };
+        2 + fields
+    }
+
+    /// Bytes [`Response::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        LEN_PREFIX + self.body_len()
+    }
+
+    /// Checks the limits [`Response::decode`] enforces.
+    fn valid(&self) -> bool {
+        match *self {
+            Response::DiskData(data) => whole_sectors(data),
+            Response::NetFrame(frame) => !frame.is_empty() && frame.len() <= MAX_NET_FRAME,
+            Response::HostReply(data) => data.len() <= MAX_HOST_REPLY,
+            _ => self.body_len() <= MAX_FRAME,
+        }
+    }
+
+    /// Writes the whole frame to the start of `out`; returns its length.
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        if !self.valid() {
+            return Err(EncodeError::Invalid);
+        }
+        let mut w = Writer::start(out, self.body_len())?;
+        let opcode = match (self, self.opcode()) {
+            (Response::Error(code), _) => {
+                w.u8(*code as u8);
+                return Ok(w.finish());
+            }
+            (_, Some(opcode)) => opcode,
+            (_, None) => return Err(EncodeError::Invalid),
+        };
+        w.u8(0);
+        w.u8(opcode as u8);
+        self.write_fields(&mut w);
+        Ok(w.finish())
+    }
+
+    /// Writes the fields after the status and opcode of an ok response.
+    fn write_fields(&self, w: &mut Writer<'_>) {
+        match *self {
+            Response::Pong
+            | Response::DiskWritten
+            | Response::DiskFlushed
+            | Response::NetSent
+            | Response::Error(_) => {}
+            Response::Echo(data)
+            | Response::DiskData(data)
+            | Response::NetFrame(data)
+            | Response::HostReply(data) => w.bytes(data),
+            Response::Touched { addr, checksum } => {
+                w.u64(addr);
+                w.u64(checksum);
+            }
+            Response::Sunk { len, checksum } => {
+                w.u64(len);
+                w.u64(checksum);
+            }
+            Response::Checksum(value) | Response::Counter(value) => w.u64(value),
+            Response::Sourcing { len } => w.u64(len),
+            Response::DiskId(id) => w.bytes(&id),
+            Response::Exiting(code) => w.u32(code),
+        }
+    }
+
+    /// Decodes the first frame in `bytes`: the response (borrowing from `bytes`) and how many
+    /// bytes the frame took. `CounterAdd` and `CounterGet` both decode as [`Response::Counter`].
+    pub fn decode(bytes: &'a [u8]) -> Result<(Self, usize), DecodeError> {
+        let (body, total) = split_frame(bytes)?;
+        let mut r = Reader::new(body);
+        let status = r.u8()?;
+        if status != 0 {
+            let code = ErrorCode::from_u8(status).ok_or(DecodeError::UnknownOpcode(status))?;
+            r.end()?;
+            return Ok((Response::Error(code), total));
+        }
+        let op = r.u8()?;
+        let opcode = Opcode::from_u8(op).ok_or(DecodeError::UnknownOpcode(op))?;
+        let response = Self::read_fields(opcode, &mut r)?;
+        r.end()?;
+        if !response.valid() {
+            return Err(DecodeError::Invalid);
+        }
+        Ok((response, total))
+    }
+
+    /// Reads the fields of an ok response to `opcode` (the body after status and opcode).
+    fn read_fields(opcode: Opcode, r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        Ok(match opcode {
+            Opcode::Ping => Response::Pong,
+            Opcode::Echo => Response::Echo(r.rest()),
+            Opcode::Touch => Response::Touched {
+                addr: r.u64()?,
+                checksum: r.u64()?,
+            },
+            Opcode::Checksum => Response::Checksum(r.u64()?),
+            Opcode::DiskWrite => Response::DiskWritten,
+            Opcode::DiskRead => Response::DiskData(r.rest()),
+            Opcode::DiskFlush => Response::DiskFlushed,
+            Opcode::DiskId => {
+                let mut id = [0u8; DISK_ID_LEN];
+                id.copy_from_slice(r.take(DISK_ID_LEN)?);
+                Response::DiskId(id)
+            }
+            Opcode::NetSend => Response::NetSent,
+            Opcode::NetRecv => Response::NetFrame(r.rest()),
+            Opcode::CounterAdd | Opcode::CounterGet => Response::Counter(r.u64()?),
+            Opcode::Sink => Response::Sunk {
+                len: r.u64()?,
+                checksum: r.u64()?,
+            },
+            Opcode::Source => Response::Sourcing { len: r.u64()? },
+            Opcode::ConnectHost => Response::HostReply(r.rest()),
+            Opcode::Exit => Response::Exiting(r.u32()?),
+        })
+    }
+}
