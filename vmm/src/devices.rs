@@ -1,11 +1,14 @@
 //! The virtio devices a VM can have, as the builder takes them, and their creation.
 
-use std::fs::File;
-use std::path::PathBuf;
+use std::fs::{File, Metadata};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
-use zygote_devices::virtio::block::{Block, BlockBackend, BlockError, Overlay, RawFile};
+use zygote_devices::virtio::block::{
+    Block, BlockBackend, BlockError, FileOverlay, Overlay, RawFile,
+};
 use zygote_devices::virtio::mmio::MmioTransport;
 use zygote_devices::virtio::net::{Net, NetBackend, NetError, PacketBackend, Tap, TapError};
 use zygote_devices::virtio::vsock::{Vsock, VsockError};
@@ -24,10 +27,22 @@ pub struct BlockConfig {
     pub path: PathBuf,
     /// The guest may not write.
     pub read_only: bool,
-    /// Writes go to an in-memory overlay; the image is never modified (for forks).
-    pub overlay: bool,
+    /// Where the guest's writes go instead of the image, which is then never modified (for
+    /// forks); `None` writes to the image.
+    pub overlay: Option<BlockOverlay>,
     /// The device ID the guest reads (at most 20 bytes).
     pub id: String,
+}
+
+/// Where a copy-on-write disk keeps the guest's writes; the image is only read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockOverlay {
+    /// In memory, 512-byte sector by sector; gone with the VM.
+    Memory,
+    /// In a sparse file the size of the image, 4 KiB block by 4 KiB block. The VMM creates the
+    /// file, or truncates it if it exists; which blocks it holds is known only to the running
+    /// VM, so the file alone is not a disk image.
+    File(PathBuf),
 }
 
 impl BlockConfig {
@@ -36,7 +51,7 @@ impl BlockConfig {
         Self {
             path: path.into(),
             read_only: false,
-            overlay: false,
+            overlay: None,
             id: "zygote-disk".into(),
         }
     }
@@ -49,7 +64,14 @@ impl BlockConfig {
 
     /// Sends the guest's writes to an in-memory overlay, leaving the image untouched.
     pub fn overlay(mut self) -> Self {
-        self.overlay = true;
+        self.overlay = Some(BlockOverlay::Memory);
+        self
+    }
+
+    /// Sends the guest's writes to an overlay file at `path` (created, or truncated if it
+    /// exists), leaving the image untouched.
+    pub fn overlay_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.overlay = Some(BlockOverlay::File(path.into()));
         self
     }
 }
@@ -106,6 +128,22 @@ pub enum DeviceError {
         path: PathBuf,
         /// Underlying error.
         source: std::io::Error,
+    },
+    /// An overlay file could not be created, truncated or sized.
+    #[error("block: cannot create the overlay file {path}: {source}")]
+    OverlayCreate {
+        /// The overlay file path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The overlay file is the disk image itself (the same file, under any name).
+    #[error("block: the overlay file {overlay} is the disk image {image}; choose another path")]
+    OverlayIsImage {
+        /// The overlay file path.
+        overlay: PathBuf,
+        /// The image path.
+        image: PathBuf,
     },
     /// The block device refused its configuration.
     #[error("block: {0}")]
@@ -173,24 +211,57 @@ pub(crate) fn attach_all(
 }
 
 fn block(config: &BlockConfig) -> Result<Block, DeviceError> {
-    let file = File::options()
-        .read(true)
-        .write(!config.read_only && !config.overlay)
-        .open(&config.path)
-        .map_err(|source| DeviceError::BlockOpen {
-            path: config.path.clone(),
-            source,
-        })?;
-    let raw = RawFile::new(file).map_err(|source| DeviceError::BlockOpen {
+    let open_error = |source| DeviceError::BlockOpen {
         path: config.path.clone(),
         source,
-    })?;
-    let backend: Box<dyn BlockBackend> = if config.overlay {
-        Box::new(Overlay::new(raw))
-    } else {
-        Box::new(raw)
+    };
+    let file = File::options()
+        .read(true)
+        .write(!config.read_only && config.overlay.is_none())
+        .open(&config.path)
+        .map_err(open_error)?;
+    let image = file.metadata().map_err(open_error)?;
+    let raw = RawFile::new(file).map_err(open_error)?;
+    let backend: Box<dyn BlockBackend> = match &config.overlay {
+        None => Box::new(raw),
+        Some(BlockOverlay::Memory) => Box::new(Overlay::new(raw)),
+        Some(BlockOverlay::File(path)) => {
+            let overlay = overlay_file(path, &image, &config.path)?;
+            Box::new(FileOverlay::new(raw, overlay).map_err(|source| {
+                DeviceError::OverlayCreate {
+                    path: path.clone(),
+                    source,
+                }
+            })?)
+        }
     };
     Ok(Block::new(backend, config.read_only, &config.id)?)
+}
+
+/// Creates or opens the overlay file at `path` and empties it, refusing the image itself
+/// (`image` is the image's metadata).
+fn overlay_file(path: &Path, image: &Metadata, image_path: &Path) -> Result<File, DeviceError> {
+    let create_error = |source| DeviceError::OverlayCreate {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Not truncated on open: the image must be told apart first, or truncating would wipe it.
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(create_error)?;
+    let ours = file.metadata().map_err(create_error)?;
+    if (ours.dev(), ours.ino()) == (image.dev(), image.ino()) {
+        return Err(DeviceError::OverlayIsImage {
+            overlay: path.to_path_buf(),
+            image: image_path.to_path_buf(),
+        });
+    }
+    file.set_len(0).map_err(create_error)?;
+    Ok(file)
 }
 
 fn net(config: NetConfig) -> Result<Net, DeviceError> {

@@ -24,8 +24,8 @@ pub use config::{ConfigError, VmBuilder, VmConfig, MAX_MEMORY_MIB, MAX_VCPUS, MI
 pub use console::{ConsoleBuffer, SerialOutput};
 pub use control::VmState;
 pub use devices::{
-    BlockConfig, DeviceError, DeviceHandles, NetBackendConfig, NetConfig, NetStatsSnapshot,
-    PacketEndpoint, VsockConfig,
+    BlockConfig, BlockOverlay, DeviceError, DeviceHandles, NetBackendConfig, NetConfig,
+    NetStatsSnapshot, PacketEndpoint, VsockConfig,
 };
 pub use error::{Error, KvmError};
 pub use exit::{ExitReason, GuestFault};

@@ -2,11 +2,16 @@
 
 mod common;
 
-use common::{agent_vm, disk_image, AgentOpts};
+use std::path::Path;
+
+use common::{agent_vm, disk_image, temp_path, AgentOpts};
 use zygote::agent::{AgentError, ErrorCode};
-use zygote::BlockConfig;
+use zygote::{BlockConfig, DeviceError, Error, VmBuilder};
+use zygote_guest::kernel_path;
 
 const SECTOR: usize = 512;
+/// The file overlay's unit of copy-up.
+const BLOCK: usize = 4096;
 
 fn sectors(count: usize, fill: u8) -> Vec<u8> {
     (0..count * SECTOR).map(|i| fill ^ (i as u8)).collect()
@@ -58,6 +63,83 @@ fn overlay_writes_never_reach_the_base_image() {
     assert_eq!(agent.disk_read(2, 4).unwrap(), data);
     guest.vm.shutdown().unwrap();
     assert_eq!(std::fs::read(&image).unwrap(), original);
+}
+
+#[test]
+fn file_overlay_writes_land_in_the_overlay_file_never_the_base_image() {
+    let image = disk_image("blk-overlay-file", 1 << 20);
+    let original = std::fs::read(&image).unwrap();
+    let overlay = temp_path("blk-overlay-file.cow");
+    // Whatever the file held before is discarded.
+    std::fs::write(&overlay, vec![0xee; 8 * BLOCK]).unwrap();
+    let mut guest = agent_vm(
+        "blk-overlay-file",
+        AgentOpts {
+            block: Some(BlockConfig::new(&image).overlay_file(&overlay)),
+            ..Default::default()
+        },
+    );
+    let mut agent = guest.vm.agent().unwrap();
+    // Sectors 2..6 of block 0, and sectors 14..18, across the end of block 1 into block 2.
+    let first = sectors(4, 0xa5);
+    let second = sectors(4, 0x3c);
+    agent.disk_write(2, &first).unwrap();
+    agent.disk_write(14, &second).unwrap();
+    agent.disk_flush().unwrap();
+    assert_eq!(agent.disk_read(2, 4).unwrap(), first);
+    assert_eq!(agent.disk_read(14, 4).unwrap(), second);
+    // A read mixing overlay blocks and base blocks.
+    let mut expected = original[..32 * SECTOR].to_vec();
+    expected[2 * SECTOR..6 * SECTOR].copy_from_slice(&first);
+    expected[14 * SECTOR..18 * SECTOR].copy_from_slice(&second);
+    assert_eq!(agent.disk_read(0, 32).unwrap(), expected);
+    guest.vm.shutdown().unwrap();
+
+    assert_eq!(std::fs::read(&image).unwrap(), original);
+    let cow = std::fs::read(&overlay).unwrap();
+    assert_eq!(
+        cow.len(),
+        original.len(),
+        "the overlay is sized like the image"
+    );
+    // Blocks 0, 1 and 2 hold the writes at their offsets, and around them the image's bytes
+    // copied up; the blocks never written hold nothing.
+    assert_eq!(cow[..3 * BLOCK], expected[..3 * BLOCK]);
+    assert!(cow[3 * BLOCK..].iter().all(|&b| b == 0));
+    let _ = std::fs::remove_file(&overlay);
+    let _ = std::fs::remove_file(&image);
+}
+
+#[test]
+fn an_overlay_file_that_is_the_image_or_cannot_be_created_is_refused() {
+    let image = disk_image("blk-overlay-bad", 64 * 1024);
+    let original = std::fs::read(&image).unwrap();
+    let link = temp_path("blk-overlay-bad.link");
+    let _ = std::fs::remove_file(&link);
+    std::fs::hard_link(&image, &link).unwrap();
+    let build = |overlay: &Path| {
+        VmBuilder::new()
+            .kernel(kernel_path())
+            .block(BlockConfig::new(&image).overlay_file(overlay))
+            .build()
+            .err()
+            .expect("the overlay must be refused")
+    };
+    for same in [&image, &link] {
+        let err = build(same);
+        assert!(
+            matches!(err, Error::Device(DeviceError::OverlayIsImage { .. })),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read(&image).unwrap(), original, "image wiped");
+    let err = build(&temp_path("no-such-dir").join("overlay"));
+    assert!(
+        matches!(err, Error::Device(DeviceError::OverlayCreate { .. })),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(&link);
+    let _ = std::fs::remove_file(&image);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! virtio-blk (spec §5.2) over a [`BlockBackend`]: a raw image file, or a copy-on-write overlay
-//! that never writes its base.
+//! (in memory or in a file) that never writes its base.
 //!
 //! Requests run synchronously when the driver notifies the queue. Every request is checked
 //! (directions, lengths, sector range against the disk, a cap on its size) and a bad one
@@ -8,11 +8,13 @@
 
 mod backend;
 mod device;
+mod overlay_file;
 mod request;
 mod state;
 
 pub use backend::{BlockBackend, Overlay, RawFile};
 pub use device::{Block, BlockError};
+pub use overlay_file::{FileOverlay, OVERLAY_BLOCK_SIZE};
 pub use request::RequestError;
 pub use state::{BlockRestoreError, BlockState};
 

@@ -1,4 +1,4 @@
-//! virtio-blk through the mock driver: read, write, flush, get-id, read-only, overlay, state.
+//! virtio-blk through the mock driver: read, write, flush, get-id, read-only, overlays, state.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -231,6 +231,30 @@ fn overlay_leaves_the_base_file_unchanged() {
     assert_eq!(h.read(4, 512), (OK, expected(4, 512)));
     assert_eq!(h.request(VIRTIO_BLK_T_FLUSH, 0, None).0, OK);
     assert_eq!(std::fs::read(h.image.as_path()).unwrap(), before);
+}
+
+#[test]
+fn file_overlay_leaves_the_base_file_unchanged() {
+    let image = image();
+    let before = std::fs::read(image.as_path()).unwrap();
+    let base = RawFile::new(File::open(image.as_path()).unwrap()).unwrap();
+    let overlay_file = TempFile::new().unwrap();
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(overlay_file.as_path())
+        .unwrap();
+    let disk = Box::new(FileOverlay::new(base, file).unwrap());
+    let mut h = harness_with(image, disk, false);
+    assert_eq!(h.write(5, &[0xee; 1024]), OK);
+    assert_eq!(h.read(5, 1024), (OK, vec![0xee; 1024]));
+    assert_eq!(h.read(4, 512), (OK, expected(4, 512)));
+    assert_eq!(h.read(7, 512), (OK, expected(7, 512)));
+    assert_eq!(h.request(VIRTIO_BLK_T_FLUSH, 0, None).0, OK);
+    assert_eq!(std::fs::read(h.image.as_path()).unwrap(), before);
+    let overlay = std::fs::read(overlay_file.as_path()).unwrap();
+    assert_eq!(overlay.len(), before.len());
+    assert_eq!(&overlay[5 * 512..7 * 512], &[0xee; 1024][..]);
 }
 
 #[test]

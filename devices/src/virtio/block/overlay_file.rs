@@ -1,0 +1,389 @@
+//! A copy-on-write overlay kept in a file: writes land in a sparse overlay file, 4 KiB block by
+//! 4 KiB block, and the base is only ever read.
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+
+use super::BlockBackend;
+
+/// Unit of copy-up in a [`FileOverlay`]: the first write to a block copies the whole block from
+/// the base into the overlay file.
+pub const OVERLAY_BLOCK_SIZE: u64 = 4096;
+
+/// A copy-on-write view of a base disk whose writes go to an overlay file of the same size.
+///
+/// An in-memory bitmap records which [`OVERLAY_BLOCK_SIZE`] blocks the overlay file holds. Reads
+/// take those blocks from the overlay file and every other block from the base. The first write
+/// to a block copies the block up from the base (unless the write covers it whole), so a
+/// 512-byte sector write keeps the rest of its block. A last block cut short by the end of the
+/// disk is copied up as far as the end. The base is never written.
+///
+/// The bitmap lives in memory: the overlay file on its own does not say which of its blocks
+/// are data and which are holes, so it is not a disk image to reopen later.
+pub struct FileOverlay<B> {
+    base: B,
+    file: File,
+    size: u64,
+    present: Bitmap,
+}
+
+impl<B: BlockBackend> FileOverlay<B> {
+    /// An empty overlay over `base` in `file` (opened for reading and writing), which is resized
+    /// to the base's size. What `file` held before is ignored and never read.
+    pub fn new(base: B, file: File) -> io::Result<Self> {
+        let size = base.size();
+        file.set_len(size)?;
+        let present = Bitmap::new(size.div_ceil(OVERLAY_BLOCK_SIZE))?;
+        Ok(Self {
+            base,
+            file,
+            size,
+            present,
+        })
+    }
+
+    /// Number of blocks of [`OVERLAY_BLOCK_SIZE`] bytes the overlay file holds.
+    pub fn dirty_blocks(&self) -> u64 {
+        self.present.count
+    }
+
+    /// `[offset, offset + len)` as a byte range, refused unless it lies within the disk.
+    fn checked_range(&self, offset: u64, len: usize) -> io::Result<Range<u64>> {
+        let end = u64::try_from(len)
+            .ok()
+            .and_then(|len| offset.checked_add(len))
+            .filter(|&end| end <= self.size)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "access of {len} bytes at {offset} outside a disk of {} bytes",
+                        self.size
+                    ),
+                )
+            })?;
+        Ok(offset..end)
+    }
+
+    /// Byte range of block `block` on the disk; the last block may be short.
+    fn block_range(&self, block: u64) -> Range<u64> {
+        let start = block.saturating_mul(OVERLAY_BLOCK_SIZE).min(self.size);
+        start..start.saturating_add(OVERLAY_BLOCK_SIZE).min(self.size)
+    }
+
+    /// Copies block `block` from the base into the overlay file, unless it is there already.
+    fn copy_up(&mut self, block: u64) -> io::Result<()> {
+        if self.present.get(block) {
+            return Ok(());
+        }
+        let range = self.block_range(block);
+        let mut buf = [0u8; OVERLAY_BLOCK_SIZE as usize];
+        // A block range is at most OVERLAY_BLOCK_SIZE long.
+        let data = buf
+            .get_mut(..(range.end - range.start) as usize)
+            .ok_or_else(|| invalid("overlay block longer than 4 KiB"))?;
+        self.base.read_at(data, range.start)?;
+        self.file.write_all_at(data, range.start)?;
+        self.present.set(block);
+        Ok(())
+    }
+}
+
+impl<B: BlockBackend> BlockBackend for FileOverlay<B> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let range = self.checked_range(offset, buf.len())?;
+        // Consecutive blocks with the same source are read with one call.
+        for run in self.present.runs(blocks_of(&range)) {
+            let start = run
+                .blocks
+                .start
+                .saturating_mul(OVERLAY_BLOCK_SIZE)
+                .max(range.start);
+            let end = run
+                .blocks
+                .end
+                .saturating_mul(OVERLAY_BLOCK_SIZE)
+                .min(range.end);
+            let piece = buf
+                .get_mut(to_index(start - range.start)?..to_index(end - range.start)?)
+                .ok_or_else(|| invalid("overlay read outside its buffer"))?;
+            if run.present {
+                self.file.read_exact_at(piece, start)?;
+            } else {
+                self.base.read_at(piece, start)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let range = self.checked_range(offset, buf.len())?;
+        let blocks = blocks_of(&range);
+        // Only the first and last blocks can be partly covered; they keep the base's bytes
+        // around the write. Blocks covered whole need no copy.
+        if !blocks.is_empty() {
+            for block in [blocks.start, blocks.end - 1] {
+                let whole = self.block_range(block);
+                if whole.start < range.start || range.end < whole.end {
+                    self.copy_up(block)?;
+                }
+            }
+        }
+        self.file.write_all_at(buf, range.start)?;
+        for block in blocks {
+            self.present.set(block);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // The base is never written, so only the overlay file has anything to make durable.
+        self.file.sync_data()
+    }
+}
+
+/// The blocks a byte range touches (empty for an empty range).
+fn blocks_of(range: &Range<u64>) -> Range<u64> {
+    if range.is_empty() {
+        return 0..0;
+    }
+    range.start / OVERLAY_BLOCK_SIZE..range.end.div_ceil(OVERLAY_BLOCK_SIZE)
+}
+
+fn to_index(n: u64) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| invalid("overlay offset does not fit in memory"))
+}
+
+fn invalid(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// One bit per block: set when the overlay file holds the block.
+struct Bitmap {
+    words: Vec<u64>,
+    blocks: u64,
+    count: u64,
+}
+
+/// Consecutive blocks that all are, or all are not, in the overlay.
+struct Run {
+    blocks: Range<u64>,
+    present: bool,
+}
+
+impl Bitmap {
+    /// An empty bitmap of `blocks` bits; an error rather than an abort when it cannot be
+    /// allocated.
+    fn new(blocks: u64) -> io::Result<Self> {
+        let len = to_index(blocks.div_ceil(64))?;
+        let mut words = Vec::new();
+        words
+            .try_reserve_exact(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "overlay bitmap too large"))?;
+        words.resize(len, 0);
+        Ok(Self {
+            words,
+            blocks,
+            count: 0,
+        })
+    }
+
+    fn get(&self, block: u64) -> bool {
+        usize::try_from(block / 64)
+            .ok()
+            .and_then(|word| self.words.get(word))
+            .is_some_and(|word| word & (1 << (block % 64)) != 0)
+    }
+
+    /// Sets the bit of `block`; blocks past the end are ignored.
+    fn set(&mut self, block: u64) {
+        if block >= self.blocks {
+            return;
+        }
+        let word = usize::try_from(block / 64)
+            .ok()
+            .and_then(|word| self.words.get_mut(word));
+        if let Some(word) = word {
+            let bit = 1 << (block % 64);
+            if *word & bit == 0 {
+                *word |= bit;
+                self.count += 1;
+            }
+        }
+    }
+
+    /// Splits `blocks` into maximal runs of equal presence, in order.
+    fn runs(&self, blocks: Range<u64>) -> impl Iterator<Item = Run> + '_ {
+        let mut next = blocks.start;
+        std::iter::from_fn(move || {
+            if next >= blocks.end {
+                return None;
+            }
+            let start = next;
+            let present = self.get(start);
+            next = (start + 1..blocks.end)
+                .find(|&b| self.get(b) != present)
+                .unwrap_or(blocks.end);
+            Some(Run {
+                blocks: start..next,
+                present,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::block::RawFile;
+    use vmm_sys_util::tempfile::TempFile;
+
+    const BLOCK: usize = OVERLAY_BLOCK_SIZE as usize;
+
+    /// Byte `i` of every base image.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// A base image of `len` pattern bytes, opened read-only, and an overlay over it.
+    struct Fixture {
+        base: TempFile,
+        overlay_file: TempFile,
+        overlay: FileOverlay<RawFile>,
+        expected: Vec<u8>,
+    }
+
+    impl Fixture {
+        fn new(len: usize) -> Self {
+            let base = TempFile::new().unwrap();
+            base.as_file().write_all_at(&pattern(len), 0).unwrap();
+            let raw = RawFile::new(File::open(base.as_path()).unwrap()).unwrap();
+            let overlay_file = TempFile::new().unwrap();
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .open(overlay_file.as_path())
+                .unwrap();
+            let overlay = FileOverlay::new(raw, file).unwrap();
+            Self {
+                base,
+                overlay_file,
+                overlay,
+                expected: pattern(len),
+            }
+        }
+
+        fn write(&mut self, data: &[u8], offset: usize) {
+            self.overlay.write_at(data, offset as u64).unwrap();
+            self.expected[offset..offset + data.len()].copy_from_slice(data);
+        }
+
+        fn read(&mut self, offset: usize, len: usize) -> Vec<u8> {
+            let mut buf = vec![0u8; len];
+            self.overlay.read_at(&mut buf, offset as u64).unwrap();
+            buf
+        }
+
+        /// Reads the whole disk, compares it with what was written, and checks the base image
+        /// is untouched.
+        fn check(&mut self) {
+            let all = self.read(0, self.expected.len());
+            assert!(all == self.expected, "overlay contents differ");
+            let base = std::fs::read(self.base.as_path()).unwrap();
+            assert!(base == pattern(self.expected.len()), "base image modified");
+        }
+
+        fn overlay_bytes(&self) -> Vec<u8> {
+            std::fs::read(self.overlay_file.as_path()).unwrap()
+        }
+    }
+
+    #[test]
+    fn the_overlay_file_is_sized_like_the_base_and_reads_fall_through() {
+        let mut fx = Fixture::new(4 * BLOCK);
+        assert_eq!(fx.overlay.size(), 4 * OVERLAY_BLOCK_SIZE);
+        assert_eq!(fx.overlay_bytes().len(), 4 * BLOCK);
+        assert_eq!(fx.read(100, 5000), pattern(4 * BLOCK)[100..5100]);
+        assert_eq!(fx.overlay.dirty_blocks(), 0);
+        fx.check();
+    }
+
+    #[test]
+    fn a_sector_write_keeps_the_rest_of_its_block() {
+        let mut fx = Fixture::new(4 * BLOCK);
+        fx.write(&[0xaa; 512], BLOCK + 1024);
+        assert_eq!(fx.overlay.dirty_blocks(), 1);
+        fx.check();
+        // The whole block was copied up into the overlay file, at its own offset.
+        let overlay = fx.overlay_bytes();
+        assert_eq!(overlay[BLOCK..2 * BLOCK], fx.expected[BLOCK..2 * BLOCK]);
+        assert!(overlay[..BLOCK].iter().all(|&b| b == 0));
+        // A second write to the same block keeps the first.
+        fx.write(&[0xbb; 512], BLOCK + 3584);
+        assert_eq!(fx.overlay.dirty_blocks(), 1);
+        fx.check();
+    }
+
+    #[test]
+    fn a_write_across_blocks_copies_up_only_its_partial_ends() {
+        let mut fx = Fixture::new(8 * BLOCK);
+        // Ends inside block 1 and block 4; covers blocks 2 and 3 whole.
+        fx.write(&vec![0xcc; 3 * BLOCK + 1024], BLOCK + 2048);
+        assert_eq!(fx.overlay.dirty_blocks(), 4);
+        fx.check();
+        fx.overlay.flush().unwrap();
+    }
+
+    #[test]
+    fn reads_across_blocks_mix_overlay_and_base() {
+        let mut fx = Fixture::new(8 * BLOCK);
+        fx.write(&[1; 512], BLOCK);
+        fx.write(&[2; 512], 3 * BLOCK + 512);
+        fx.write(&vec![3; BLOCK], 4 * BLOCK);
+        // Base, overlay, base, overlay, overlay, base.
+        let got = fx.read(BLOCK / 2, 5 * BLOCK);
+        assert!(got == fx.expected[BLOCK / 2..BLOCK / 2 + 5 * BLOCK]);
+        fx.check();
+    }
+
+    #[test]
+    fn the_last_partial_block() {
+        let len = 3 * BLOCK + 1536;
+        let mut fx = Fixture::new(len);
+        fx.write(&[0xdd; 512], 3 * BLOCK + 512);
+        assert_eq!(fx.overlay.dirty_blocks(), 1);
+        fx.check();
+        assert_eq!(fx.overlay_bytes().len(), len);
+        assert_eq!(fx.read(len - 512, 512), pattern(len)[len - 512..]);
+        // A write up to the end covers the short block whole.
+        let mut fx = Fixture::new(len);
+        fx.write(&[0xee; 1536], 3 * BLOCK);
+        fx.check();
+    }
+
+    #[test]
+    fn accesses_past_the_end_are_refused() {
+        let mut fx = Fixture::new(2 * BLOCK);
+        let mut buf = [0u8; 512];
+        assert!(fx
+            .overlay
+            .read_at(&mut buf, 2 * OVERLAY_BLOCK_SIZE)
+            .is_err());
+        assert!(fx.overlay.read_at(&mut buf, u64::MAX - 100).is_err());
+        assert!(fx
+            .overlay
+            .write_at(&buf, 2 * OVERLAY_BLOCK_SIZE - 256)
+            .is_err());
+        assert!(fx.overlay.write_at(&buf, u64::MAX).is_err());
+        assert_eq!(fx.overlay.dirty_blocks(), 0);
+        fx.overlay.write_at(&[], 2 * OVERLAY_BLOCK_SIZE).unwrap();
+        fx.overlay.read_at(&mut [], 0).unwrap();
+        fx.check();
+    }
+}
