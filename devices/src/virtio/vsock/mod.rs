@@ -13,4 +13,6 @@ pub use packet::{Header, Op, HEADER_LEN, HOST_CID, MAX_PAYLOAD, TYPE_STREAM};
 pub use state::VsockState;
 
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;

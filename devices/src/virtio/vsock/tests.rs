@@ -7,15 +7,14 @@ use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress};
 
-use super::packet::{Header, Op, HEADER_LEN, HOST_CID, TYPE_STREAM};
+use super::packet::{Header, Op, HEADER_LEN};
+use super::test_support::{guest_header, temp_socket, GUEST};
 use super::{Vsock, VsockConfig};
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::testing::{
     counting_interrupt, guest_memory, init_device, notify, Arena, Desc, MockQueue,
 };
 use crate::virtio::{Memory, VirtioDevice, VIRTIO_F_VERSION_1};
-
-const GUEST: u64 = 3;
 
 struct Rig {
     mem: Memory,
@@ -26,7 +25,7 @@ struct Rig {
 }
 
 fn rig(name: &str) -> (Rig, std::path::PathBuf) {
-    let path = std::env::temp_dir().join(format!("zygote-vsockdev-{}-{name}", std::process::id()));
+    let path = temp_socket(&format!("dev-{name}"));
     let mem = guest_memory();
     let vsock = Vsock::new(&VsockConfig {
         guest_cid: GUEST,
@@ -49,21 +48,6 @@ fn rig(name: &str) -> (Rig, std::path::PathBuf) {
         },
         path,
     )
-}
-
-fn header(op: Op, src_port: u32, dst_port: u32, len: u32) -> Header {
-    Header {
-        src_cid: GUEST,
-        dst_cid: HOST_CID,
-        src_port,
-        dst_port,
-        len,
-        type_: TYPE_STREAM,
-        op: op as u16,
-        flags: 0,
-        buf_alloc: 64 * 1024,
-        fwd_cnt: 0,
-    }
 }
 
 impl Rig {
@@ -122,7 +106,7 @@ fn connect(rig: &mut Rig, path: &std::path::Path, port: u32) -> (UnixStream, u32
     assert_eq!(request.op(), Some(Op::Request));
     assert_eq!(request.dst_port, port);
     let local = request.src_port;
-    rig.send(&header(Op::Response, port, local, 0), &[]);
+    rig.send(&guest_header(Op::Response, port, local, 0), &[]);
     let mut line = vec![0u8; format!("OK {local}\n").len()];
     host.read_exact(&mut line).unwrap();
     assert_eq!(line, format!("OK {local}\n").as_bytes());
@@ -142,7 +126,7 @@ fn host_connection_carries_data_both_ways() {
     let (mut rig, path) = rig("data");
     let (mut host, local) = connect(&mut rig, &path, 1024);
     assert_eq!(rig.dev.device().connection_count(), 1, "after handshake");
-    rig.send(&header(Op::Rw, 1024, local, 4), b"ping");
+    rig.send(&guest_header(Op::Rw, 1024, local, 4), b"ping");
     assert_eq!(rig.dev.device().connection_count(), 1, "after ping");
     let mut got = [0u8; 4];
     host.read_exact(&mut got).unwrap();
@@ -159,7 +143,7 @@ fn hostile_tx_chains_are_consumed_and_the_device_keeps_working() {
     let (mut rig, path) = rig("hostile");
     let (mut host, local) = connect(&mut rig, &path, 7);
     // A header that claims more payload than the chain holds.
-    rig.send(&header(Op::Rw, 7, local, 1000), b"short");
+    rig.send(&guest_header(Op::Rw, 7, local, 1000), b"short");
     // A descriptor outside guest memory.
     rig.send_chain(&[Desc::readable(0xffff_ffff_0000, 44)]);
     // A header split short of 44 bytes.
@@ -177,7 +161,7 @@ fn hostile_tx_chains_are_consumed_and_the_device_keeps_working() {
     notify(&mut rig.dev, 1);
     let _ = rig.tx.next_used(&rig.mem);
     // A good packet still goes through.
-    rig.send(&header(Op::Rw, 7, local, 2), b"ok");
+    rig.send(&guest_header(Op::Rw, 7, local, 2), b"ok");
     let mut got = [0u8; 2];
     host.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"ok");

@@ -2,29 +2,9 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
-use super::super::packet::{Header, Op, HOST_CID, TYPE_STREAM};
+use super::super::packet::Op;
+use super::super::test_support::{guest_header, temp_socket, GUEST};
 use super::*;
-
-const GUEST: u64 = 3;
-
-fn temp_socket(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("zygote-vsock-{}-{name}", std::process::id()))
-}
-
-fn guest_header(op: Op, src_port: u32, dst_port: u32, len: u32) -> Header {
-    Header {
-        src_cid: GUEST,
-        dst_cid: HOST_CID,
-        src_port,
-        dst_port,
-        len,
-        type_: TYPE_STREAM,
-        op: op as u16,
-        flags: 0,
-        buf_alloc: 64 * 1024,
-        fwd_cnt: 0,
-    }
-}
 
 /// Runs the muxer's event processing until it has a packet for the guest.
 fn next(muxer: &mut Muxer, buf: &mut [u8]) -> RxPacket {
