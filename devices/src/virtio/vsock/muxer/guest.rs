@@ -1,7 +1,10 @@
 //! Packets from the guest (the tx queue): connection requests, data, credit and teardown.
 
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::super::connection::{ConnState, Connection};
 use super::super::packet::{Header, Op, HOST_CID, SHUTDOWN_SEND, TYPE_STREAM};
@@ -65,11 +68,7 @@ impl Muxer {
         }
         let mut path = PathBuf::from(&self.uds_path).into_os_string();
         path.push(format!("_{}", key.0));
-        let stream = UnixStream::connect(&path).and_then(|s| {
-            s.set_nonblocking(true)?;
-            Ok(s)
-        });
-        let Ok(stream) = stream else {
+        let Ok(stream) = connect_nonblocking(Path::new(&path)) else {
             self.queue_rst_reply(header);
             return;
         };
@@ -120,4 +119,49 @@ impl Muxer {
             self.flush(key);
         }
     }
+}
+
+/// Connects to the Unix socket at `path` without ever blocking: a listener whose backlog is
+/// full (a guest opening connections nobody accepts) refuses at once with `EAGAIN` instead of
+/// stalling the device's event loop.
+fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    // SAFETY: `sockaddr_un` is plain C data for which all zeroes is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: socket takes no pointers; the result is checked below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a valid `sockaddr_un` and `len` does not exceed its size.
+    let ret = unsafe {
+        libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(owned))
 }

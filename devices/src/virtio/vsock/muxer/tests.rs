@@ -126,3 +126,25 @@ fn a_garbled_handshake_is_closed() {
     assert_eq!(host.read(&mut byte).unwrap(), 0, "closed");
     assert_eq!(muxer.connection_count(), 0);
 }
+
+#[test]
+fn a_full_listener_backlog_refuses_instead_of_blocking() {
+    let path = temp_socket("backlog");
+    let mut muxer = Muxer::new(GUEST, &path).unwrap();
+    let port_path = format!("{}_6000", path.display());
+    let _ = std::fs::remove_file(&port_path);
+    // A listener that never accepts: its backlog fills after a few connections.
+    let _listener = UnixListener::bind(&port_path).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut refused = false;
+    for guest_port in 0..4096 {
+        muxer.recv_from_guest(&guest_header(Op::Request, guest_port, 6000, 0), &[]);
+        let reply = next(&mut muxer, &mut buf).header;
+        if reply.op() == Some(Op::Rst) {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "connections were never refused");
+    let _ = std::fs::remove_file(&port_path);
+}
