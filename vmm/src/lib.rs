@@ -35,3 +35,8 @@ pub use vm::{RunningVm, Vm};
 
 /// Guest memory types, re-exported so users need not depend on vm-memory's exact version.
 pub use vm_memory;
+
+/// The README's examples, compiled as doctests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
