@@ -92,15 +92,21 @@ impl Vsock {
         let mut used = false;
         while let Some(chain) = active.queues[TX].pop_descriptor_chain(&active.memory) {
             let head = chain.head_index();
-            let packet = collect_chain(chain)
-                .ok()
-                .and_then(|bufs| read_packet(&active.memory, &bufs.readable, &mut self.scratch));
+            let packet = match collect_chain(chain) {
+                Ok(bufs) => read_packet(&active.memory, &bufs.readable, &mut self.scratch),
+                Err(_) => Err(None),
+            };
             used = true;
             // A full used ring only happens with a broken driver; nothing more to do for it.
             let _ = active.queues[TX].add_used(&active.memory, head, 0);
-            if let Some((header, len)) = packet {
-                let payload = &self.scratch[HEADER_LEN..HEADER_LEN + len];
-                self.muxer.recv_from_guest(&header, payload);
+            match packet {
+                Ok((header, len)) => {
+                    let payload = &self.scratch[HEADER_LEN..HEADER_LEN + len];
+                    self.muxer.recv_from_guest(&header, payload);
+                }
+                // The header is readable but its payload is not: the stream has lost data.
+                Err(Some(header)) => self.muxer.reject(&header),
+                Err(None) => {}
             }
         }
         if used {
@@ -155,20 +161,26 @@ impl Vsock {
     }
 }
 
-/// Reads a packet (header, then `header.len` payload bytes) into `buf`; `None` if malformed.
-fn read_packet(mem: &Memory, readable: &[Segment], buf: &mut [u8]) -> Option<(Header, usize)> {
+/// Reads a packet (header, then `header.len` payload bytes) into `buf`. A malformed packet
+/// is `Err` with its header when that much could be read.
+fn read_packet(
+    mem: &Memory,
+    readable: &[Segment],
+    buf: &mut [u8],
+) -> Result<(Header, usize), Option<Header>> {
     let available = total_len(readable);
     if available < HEADER_LEN as u64 {
-        return None;
+        return Err(None);
     }
-    read_gathered(mem, readable, &mut buf[..HEADER_LEN]).ok()?;
-    let header = Header::from_bytes(buf[..HEADER_LEN].try_into().ok()?);
+    let mut bytes = [0u8; HEADER_LEN];
+    read_gathered(mem, readable, &mut bytes).map_err(|_| None)?;
+    let header = Header::from_bytes(&bytes);
     let len = header.len as usize;
     if len > MAX_PAYLOAD || (HEADER_LEN + len) as u64 > available {
-        return None;
+        return Err(Some(header));
     }
-    read_gathered(mem, readable, &mut buf[..HEADER_LEN + len]).ok()?;
-    Some((header, len))
+    read_gathered(mem, readable, &mut buf[..HEADER_LEN + len]).map_err(|_| Some(header))?;
+    Ok((header, len))
 }
 
 /// Writes `data` across `segments` in order (which must hold at least that many bytes).

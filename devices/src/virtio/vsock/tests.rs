@@ -141,9 +141,14 @@ fn host_connection_carries_data_both_ways() {
 #[test]
 fn hostile_tx_chains_are_consumed_and_the_device_keeps_working() {
     let (mut rig, path) = rig("hostile");
-    let (mut host, local) = connect(&mut rig, &path, 7);
-    // A header that claims more payload than the chain holds.
+    let (_first, local) = connect(&mut rig, &path, 7);
+    // A header that claims more payload than the chain holds: the stream lost data, so the
+    // connection is reset (the host sees it close) and the guest gets an RST.
     rig.send(&guest_header(Op::Rw, 7, local, 1000), b"short");
+    let rst = rig.post_rx(4096);
+    assert_eq!(rig.recv(rst).0.op(), Some(Op::Rst));
+    assert_eq!(rig.dev.device().connection_count(), 0);
+    let (mut host, local) = connect(&mut rig, &path, 7);
     // A descriptor outside guest memory.
     rig.send_chain(&[Desc::readable(0xffff_ffff_0000, 44)]);
     // A header split short of 44 bytes.

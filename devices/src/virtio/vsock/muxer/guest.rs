@@ -48,6 +48,16 @@ impl Muxer {
         }
     }
 
+    /// A packet from the guest could not be read whole: reset its connection (the stream has
+    /// lost data) or, with no connection, answer RST. Packets not from this guest to the host
+    /// are dropped, as in [`Muxer::recv_from_guest`].
+    pub fn reject(&mut self, header: &Header) {
+        if header.src_cid != self.guest_cid || header.dst_cid != HOST_CID {
+            return;
+        }
+        self.reset_or_refuse((header.dst_port, header.src_port), header);
+    }
+
     fn reset_or_refuse(&mut self, key: Key, header: &Header) {
         if self.conns.contains_key(&key) {
             self.reset(key);
