@@ -14,6 +14,7 @@ mod clock;
 mod cmdline;
 mod console;
 mod exit;
+mod hostile;
 mod virtio;
 mod workloads;
 

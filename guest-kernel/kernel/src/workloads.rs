@@ -27,9 +27,12 @@ pub fn run(cmdline: &str, boot: &BootParams) -> ! {
             exit(exit_code::UNKNOWN_WORKLOAD)
         }
     };
-    if workload == Workload::Agent {
-        // The agent prints the ready line once its devices are up.
-        crate::agent::run(cmdline, boot)
+    // The agent (and `hostile`, which ends as the agent) prints the ready line once its
+    // devices are up.
+    match workload {
+        Workload::Agent => crate::agent::run(cmdline, boot),
+        Workload::Hostile => crate::hostile::run(cmdline, boot),
+        _ => {}
     }
     Console.write_bytes(READY_LINE.as_bytes());
     match workload {
@@ -38,7 +41,7 @@ pub fn run(cmdline: &str, boot: &BootParams) -> ! {
         Workload::Touch { mib, pattern } => touch(boot, mib, pattern),
         Workload::Fault(kind) => faults::raise(kind),
         Workload::Spin => spin_forever(),
-        Workload::Agent => unreachable!("handled above"),
+        Workload::Agent | Workload::Hostile => unreachable!("handled above"),
     }
 }
 

@@ -22,6 +22,7 @@
 #![no_std]
 
 pub mod agent;
+mod hostile;
 mod lines;
 mod mmio;
 mod pattern;
@@ -29,6 +30,9 @@ mod ports;
 mod workload;
 
 pub use agent::{AGENT_COUNTER_ADDR, AGENT_PORT};
+pub use hostile::{
+    HostileBlk, HostileOutcome, HostileVsock, HOSTILE_BLK_PREFIX, HOSTILE_VSOCK_PREFIX,
+};
 pub use lines::{
     ExceptionReport, TouchResult, ERROR_PREFIX, EXCEPTION_PREFIX, LINE_PREFIX, PANIC_PREFIX,
     READY_LINE, TOUCH_PREFIX,

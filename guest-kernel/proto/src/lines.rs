@@ -108,27 +108,27 @@ impl fmt::Display for ExceptionReport {
 }
 
 /// `key=value` fields separated by single spaces after a fixed prefix.
-struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     words: core::str::Split<'a, char>,
 }
 
 impl<'a> Fields<'a> {
-    fn new(line: &'a str, prefix: &str) -> Option<Self> {
+    pub(crate) fn new(line: &'a str, prefix: &str) -> Option<Self> {
         let line = line.trim_end_matches(['\r', '\n']);
         Some(Fields {
             words: line.strip_prefix(prefix)?.split(' '),
         })
     }
 
-    fn value(&mut self, key: &str) -> Option<&'a str> {
+    pub(crate) fn value(&mut self, key: &str) -> Option<&'a str> {
         self.words.next()?.strip_prefix(key)?.strip_prefix('=')
     }
 
-    fn hex(&mut self, key: &str) -> Option<u64> {
+    pub(crate) fn hex(&mut self, key: &str) -> Option<u64> {
         parse_hex(self.value(key)?.strip_prefix("0x")?)
     }
 
-    fn end(mut self) -> Option<()> {
+    pub(crate) fn end(mut self) -> Option<()> {
         match self.words.next() {
             None => Some(()),
             Some(_) => None,

@@ -91,6 +91,11 @@ pub enum Workload {
     /// serve the [`crate::agent`] protocol on vsock port [`crate::AGENT_PORT`] until told to
     /// exit.
     Agent,
+    /// `hostile`: bring up the devices as `agent` does, send the virtio-blk device the bad
+    /// requests [`crate::HostileBlk`] lists and the vsock device the bad packets
+    /// [`crate::HostileVsock`] lists, print one line for each device, then carry on exactly as
+    /// `agent` (ready line, agent protocol) so the host can check every device still works.
+    Hostile,
 }
 
 /// A `zygote.workload=` value that is not a [`Workload`]; displays as
@@ -137,6 +142,7 @@ impl Workload {
             ("ready", None) => Some(Workload::Ready),
             ("spin", None) => Some(Workload::Spin),
             ("agent", None) => Some(Workload::Agent),
+            ("hostile", None) => Some(Workload::Hostile),
             ("exit", Some(code)) => parse_decimal(code).map(Workload::Exit),
             ("fault", Some(kind)) => FaultKind::from_name(kind).map(Workload::Fault),
             ("touch", Some(args)) => {
@@ -165,6 +171,7 @@ impl fmt::Display for Workload {
             Workload::Fault(kind) => write!(f, "fault:{kind}"),
             Workload::Spin => f.write_str("spin"),
             Workload::Agent => f.write_str("agent"),
+            Workload::Hostile => f.write_str("hostile"),
         }
     }
 }
@@ -206,6 +213,7 @@ mod tests {
         assert_eq!(Workload::parse("ready"), Ok(Workload::Ready));
         assert_eq!(Workload::parse("spin"), Ok(Workload::Spin));
         assert_eq!(Workload::parse("agent"), Ok(Workload::Agent));
+        assert_eq!(Workload::parse("hostile"), Ok(Workload::Hostile));
         assert_eq!(Workload::parse("exit:0"), Ok(Workload::Exit(0)));
         assert_eq!(
             Workload::parse("exit:4294967295"),
@@ -249,6 +257,8 @@ mod tests {
             "fault:nmi",
             "reboot",
             "agent:1",
+            "hostile:1",
+            "Hostile",
         ] {
             assert_eq!(Workload::parse(bad), Err(UnknownWorkload(bad)), "{bad:?}");
         }
@@ -261,6 +271,7 @@ mod tests {
             Workload::Ready,
             Workload::Spin,
             Workload::Agent,
+            Workload::Hostile,
             Workload::Exit(7),
             Workload::Touch {
                 mib: 3,

@@ -69,6 +69,9 @@ pub struct AgentVm {
 /// What the agent VM gets besides vsock.
 #[derive(Default)]
 pub struct AgentOpts {
+    /// The workload, [`Workload::Agent`] when `None`; another must end serving the agent
+    /// (like [`Workload::Hostile`]).
+    pub workload: Option<Workload>,
     /// A disk.
     pub block: Option<zygote::BlockConfig>,
     /// A NIC on the in-process packet backend.
@@ -77,10 +80,11 @@ pub struct AgentOpts {
     pub tap: Option<String>,
 }
 
-/// Boots the agent workload and waits for its ready line.
+/// Boots the agent workload (or `opts.workload`) and waits for its ready line.
 pub fn agent_vm(name: &str, opts: AgentOpts) -> AgentVm {
     let uds = temp_path(&format!("{name}.vsock"));
-    let mut builder = builder(&Workload::Agent).vsock(zygote::VsockConfig {
+    let workload = opts.workload.unwrap_or(Workload::Agent);
+    let mut builder = builder(&workload).vsock(zygote::VsockConfig {
         guest_cid: 3,
         uds_path: uds.clone(),
     });

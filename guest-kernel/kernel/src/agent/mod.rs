@@ -61,6 +61,17 @@ struct Agent {
 
 /// Runs the agent; never returns.
 pub fn run(cmdline: &str, boot: &BootParams) -> ! {
+    run_after(cmdline, boot, |_, _, _| {})
+}
+
+/// Runs the agent, calling `first` once the devices are up, before the agent takes its
+/// buffers, announces the devices and prints the ready line (the `hostile` workload's hook;
+/// `first` may take arena memory and reset devices). Never returns.
+pub fn run_after(
+    cmdline: &str,
+    boot: &BootParams,
+    first: impl FnOnce(&mut Devices, &mut Arena, &Clock),
+) -> ! {
     // SAFETY: the linker script reserves the page at AGENT_COUNTER_ADDR for the counter and
     // nothing else uses it; it is identity-mapped RAM.
     unsafe { (AGENT_COUNTER_ADDR as *mut u64).write_volatile(0) };
@@ -69,10 +80,11 @@ pub fn run(cmdline: &str, boot: &BootParams) -> ! {
         fail("agent: not enough RAM for the agent's buffers")
     };
     let clock = Clock::new();
-    let devices = virtio::discover(cmdline, &mut arena, clock);
+    let mut devices = virtio::discover(cmdline, &mut arena, clock);
     if devices.vsock.is_none() {
         fail("agent: no virtio-vsock device")
     }
+    first(&mut devices, &mut arena, &clock);
     let mut agent = Agent::new(devices, clock, &mut arena, start, boot);
     agent.announce();
     agent.vsock().listen(AGENT_PORT);

@@ -1,5 +1,9 @@
 //! virtio-blk (virtio 1.2 §5.2), polled: one request in flight at a time.
 
+mod hostile;
+
+pub use hostile::BadRead;
+
 use zygote_guest_proto::agent::{DISK_ID_LEN, SECTOR_SIZE};
 
 use super::queue::{Buf, Virtqueue};
@@ -18,6 +22,8 @@ const T_GET_ID: u32 = 8;
 
 const S_OK: u8 = 0;
 const S_UNSUPP: u8 = 2;
+/// What the status byte holds until the device writes it.
+const NO_STATUS: u8 = 0xff;
 
 /// How long one request may take.
 const REQUEST_TIMEOUT_MS: u64 = 30_000;
@@ -121,17 +127,7 @@ impl Blk {
         sector: u64,
         data: Option<Buf>,
     ) -> Result<u32, BlkError> {
-        // SAFETY: `header` is 32 bytes of arena memory only this driver uses; no request is in
-        // flight (each one completes before the next), so the device is not reading it.
-        unsafe {
-            self.header.cast::<u32>().write_volatile(kind.to_le());
-            self.header.add(4).cast::<u32>().write_volatile(0);
-            self.header
-                .add(8)
-                .cast::<u64>()
-                .write_volatile(sector.to_le());
-            self.status.write_volatile(0xff);
-        }
+        self.write_header(kind, sector);
         let header = Buf::read(self.header, 16);
         let status = Buf::write(self.status, 1);
         let head = match data {
@@ -147,6 +143,21 @@ impl Blk {
         match unsafe { self.status.read_volatile() } {
             S_OK => Ok(used.len),
             status => Err(BlkError::Status(status)),
+        }
+    }
+
+    /// Fills in the request header and sets the status byte to 0xff (no status yet).
+    fn write_header(&mut self, kind: u32, sector: u64) {
+        // SAFETY: `header` is 32 bytes of arena memory only this driver uses; no request is in
+        // flight (each one completes before the next), so the device is not reading it.
+        unsafe {
+            self.header.cast::<u32>().write_volatile(kind.to_le());
+            self.header.add(4).cast::<u32>().write_volatile(0);
+            self.header
+                .add(8)
+                .cast::<u64>()
+                .write_volatile(sector.to_le());
+            self.status.write_volatile(NO_STATUS);
         }
     }
 }

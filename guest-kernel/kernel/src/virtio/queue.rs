@@ -6,6 +6,8 @@
 //! not to send any (VIRTQ_AVAIL_F_NO_INTERRUPT), and the drivers poll `used.idx`, which is plain
 //! memory (no VM exit).
 
+mod hostile;
+
 use core::sync::atomic::{fence, Ordering};
 
 use crate::arena::Arena;
@@ -149,6 +151,14 @@ impl Virtqueue {
     /// ring; `None` when too few descriptors are free. The device learns of it at the next
     /// [`Virtqueue::notify`].
     pub fn add(&mut self, bufs: &[Buf]) -> Option<u16> {
+        let (head, _) = self.link(bufs)?;
+        self.publish(head);
+        Some(head)
+    }
+
+    /// Writes `bufs` into descriptors taken from the free list, chained in order; returns the
+    /// head and the last descriptor. `None` when too few are free.
+    fn link(&mut self, bufs: &[Buf]) -> Option<(u16, u16)> {
         if bufs.is_empty() || bufs.len() > usize::from(self.num_free) {
             return None;
         }
@@ -169,6 +179,11 @@ impl Virtqueue {
             }
         }
         self.num_free -= bufs.len() as u16;
+        Some((head, i))
+    }
+
+    /// Puts the chain at `head` in the available ring.
+    fn publish(&mut self, head: u16) {
         let slot = usize::from(self.avail_idx % self.size);
         // SAFETY: ring entry `slot < size` lies in the available ring (after flags and idx).
         unsafe { self.avail.add(2 + slot).write_volatile(head) };
@@ -177,7 +192,6 @@ impl Virtqueue {
         self.avail_idx = self.avail_idx.wrapping_add(1);
         // SAFETY: `avail + 1` is the available ring's idx.
         unsafe { self.avail.add(1).write_volatile(self.avail_idx) };
-        Some(head)
     }
 
     /// Tells the device there is new work in this queue (one VM exit).

@@ -16,6 +16,7 @@
 mod conn;
 mod control;
 mod event;
+mod hostile;
 mod packet;
 mod ring;
 mod rx;
@@ -27,6 +28,7 @@ use crate::arena::Arena;
 use crate::clock::Clock;
 use conn::{Conn, EPHEMERAL_PORTS};
 use control::Pending;
+pub use hostile::STRAY_PORTS;
 
 /// Most connections at once.
 pub const MAX_CONNS: usize = 128;
@@ -105,6 +107,9 @@ pub struct Vsock {
     pending_head: usize,
     pending_len: usize,
     next_port: u32,
+    /// RSTs that matched no connection, one bit per port from `hostile::STRAY_PORTS` (the
+    /// `hostile` workload's packets).
+    stray_rsts: u32,
 }
 
 impl Vsock {
@@ -143,6 +148,7 @@ impl Vsock {
             pending_head: 0,
             pending_len: 0,
             next_port: EPHEMERAL_PORTS,
+            stray_rsts: 0,
         };
         for slot in 0..RX_SLOTS {
             vsock.post_rx(slot);

@@ -50,7 +50,11 @@ impl Vsock {
         let base = self.rx_slot(slot);
         let h = Header::read(base);
         let payload = (h.len as usize).min(len - HEADER).min(DATA);
-        if h.dst_cid != self.guest_cid || h.op == OP_RST && self.find(&h).is_none() {
+        if h.dst_cid != self.guest_cid {
+            return;
+        }
+        if h.op == OP_RST && self.find(&h).is_none() {
+            self.note_stray_rst(&h);
             return;
         }
         if h.kind != TYPE_STREAM {

@@ -6,7 +6,7 @@ use super::{ConnId, ConnState, Vsock, VsockError, DATA, HEADER_ROOM, SLOT, TX_SL
 use crate::virtio::queue::Buf;
 
 impl Vsock {
-    fn tx_slot(&self, slot: usize) -> *mut u8 {
+    pub(super) fn tx_slot(&self, slot: usize) -> *mut u8 {
         // SAFETY: slot < TX_SLOTS: inside the allocation.
         unsafe { self.tx_slots.add(slot * SLOT) }
     }
@@ -95,7 +95,7 @@ impl Vsock {
         })
     }
 
-    fn submit(&mut self, slot: usize, bufs: &[Buf]) {
+    pub(super) fn submit(&mut self, slot: usize, bufs: &[Buf]) {
         // `take_tx_slot` checked there are descriptors for two buffers.
         match self.tx.add(bufs) {
             Some(head) => self.tx_slot_of[usize::from(head)] = slot as u8,
