@@ -20,6 +20,15 @@ pub enum VmState {
     Stopped,
 }
 
+/// Why a pause did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PauseError {
+    /// The VM was not running.
+    State(VmState),
+    /// Not every vCPU parked in time; the VM was left running.
+    Timeout { parked: usize, alive: usize },
+}
+
 /// What a vCPU thread should do next.
 pub(crate) enum Next {
     Run,
@@ -128,6 +137,12 @@ impl VmControl {
         self.changed.notify_all();
     }
 
+    /// How many vCPU threads are registered for kicks.
+    #[cfg(test)]
+    pub(crate) fn registered_kicks(&self) -> usize {
+        self.lock().kicks.iter().flatten().count()
+    }
+
     pub(crate) fn state(&self) -> VmState {
         self.lock().run
     }
@@ -136,25 +151,30 @@ impl VmControl {
         self.lock().exit.clone()
     }
 
-    /// Parks every vCPU. Returns the state found if the VM was not running.
-    pub(crate) fn pause(&self) -> Result<(), VmState> {
+    /// Parks every vCPU and returns once all are parked.
+    pub(crate) fn pause(&self) -> Result<(), PauseError> {
         let mut state = self.lock();
         if state.run != VmState::Running {
-            return Err(state.run);
+            return Err(PauseError::State(state.run));
         }
         state.run = VmState::Paused;
         let deadline = Instant::now() + PAUSE_TIMEOUT;
         while state.run == VmState::Paused && state.vcpus_parked < state.vcpus_alive {
             if Instant::now() >= deadline {
-                // Leave the request in place: late vCPUs park when they next leave KVM_RUN.
-                return Ok(());
+                // A vCPU is stuck outside KVM_RUN (in a device): go back to running, so the
+                // caller never believes a guest is still when it is not.
+                let (parked, alive) = (state.vcpus_parked, state.vcpus_alive);
+                state.run = VmState::Running;
+                drop(state);
+                self.changed.notify_all();
+                return Err(PauseError::Timeout { parked, alive });
             }
             kick_all(&state);
             state = self.wait(state, KICK_INTERVAL);
         }
         match state.run {
             VmState::Paused => Ok(()),
-            other => Err(other),
+            other => Err(PauseError::State(other)),
         }
     }
 
@@ -171,18 +191,29 @@ impl VmControl {
     }
 
     /// Waits until the VM stops or `timeout` passes; returns the exit reason if it stopped.
-    pub(crate) fn wait_exit(&self, timeout: Option<Duration>) -> Option<ExitReason> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+    pub(crate) fn wait_exit(&self, timeout: Duration) -> Option<ExitReason> {
+        // A deadline past what `Instant` can hold is no deadline at all.
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            return Some(self.wait_exit_forever());
+        };
         let mut state = self.lock();
         loop {
             if let Some(exit) = &state.exit {
                 return Some(exit.clone());
             }
-            let left = match deadline {
-                Some(d) => d.checked_duration_since(Instant::now())?,
-                None => Duration::from_secs(1),
-            };
+            let left = deadline.checked_duration_since(Instant::now())?;
             state = self.wait(state, left);
+        }
+    }
+
+    /// Waits until the VM stops and returns why.
+    pub(crate) fn wait_exit_forever(&self) -> ExitReason {
+        let mut state = self.lock();
+        loop {
+            if let Some(exit) = &state.exit {
+                return exit.clone();
+            }
+            state = self.wait(state, Duration::from_secs(1));
         }
     }
 }

@@ -65,6 +65,9 @@ pub enum Error {
     /// Devices could not be placed on a bus.
     #[error("cannot place a device: {0}")]
     Bus(#[from] zygote_devices::BusError),
+    /// The console writer thread could not be started.
+    #[error("cannot start the console writer thread: {0}")]
+    ConsoleThread(#[source] std::io::Error),
     /// A lifecycle operation does not apply in the VM's current state.
     #[error("cannot {op} a VM that is {state:?}")]
     InvalidState {
@@ -73,7 +76,12 @@ pub enum Error {
         /// The state the VM was in.
         state: VmState,
     },
-    /// A vCPU thread panicked; the VM was stopped.
-    #[error("a vCPU thread panicked")]
-    VcpuThreadPanicked,
+    /// Not every vCPU parked within the pause timeout; the VM was left running.
+    #[error("pause timed out with {parked} of {alive} vCPUs parked; the VM keeps running")]
+    PauseTimeout {
+        /// vCPUs that had parked.
+        parked: usize,
+        /// vCPUs running.
+        alive: usize,
+    },
 }

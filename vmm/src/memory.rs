@@ -84,8 +84,9 @@ impl GuestRam {
         self.size
     }
 
-    /// Registers every region as a KVM memory slot, numbered from 0.
-    pub fn register(&self, vm: &VmFd) -> Result<(), MemoryError> {
+    /// Registers every region as a KVM memory slot, numbered from 0. Crate-private: KVM keeps
+    /// using the mapping after this returns, so only the `Vm` that owns both may call it.
+    pub(crate) fn register(&self, vm: &VmFd) -> Result<(), MemoryError> {
         for (slot, region) in self.memory.iter().enumerate() {
             register_region(vm, slot as u32, region)?;
         }

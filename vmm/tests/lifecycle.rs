@@ -71,6 +71,11 @@ fn a_stopped_vm_cannot_be_paused_and_keeps_its_exit_reason() {
             ..
         })
     ));
+    // A timeout too large for a deadline waits forever, and the VM has already stopped.
+    assert_eq!(
+        vm.wait_timeout(Duration::MAX).and_then(|e| e.exit_code()),
+        Some(9)
+    );
     // Shutting down a VM that already exited reports how it ended.
     assert_eq!(vm.shutdown().unwrap().exit_code(), Some(9));
 }
@@ -82,4 +87,46 @@ fn dropping_a_running_vm_stops_it() {
     let asked = Instant::now();
     drop(vm);
     assert!(asked.elapsed() < Duration::from_secs(10));
+}
+
+/// A console writer that never returns, like a pipe nobody reads.
+struct Stuck;
+
+impl std::io::Write for Stuck {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        loop {
+            std::thread::park();
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_stuck_console_writer_never_holds_up_the_guest() {
+    let mut vm = common::builder(&Workload::Exit(4))
+        .serial_writer(Stuck)
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let exit = vm.wait_timeout(GUEST_TIMEOUT).expect("the guest exits");
+    assert_eq!(exit.exit_code(), Some(4));
+    let asked = Instant::now();
+    vm.shutdown().unwrap();
+    drop(vm);
+    assert!(asked.elapsed() < Duration::from_secs(10));
+
+    // The same through a buffer that echoes to a stuck writer: the buffer still fills.
+    let echoing = zygote::ConsoleBuffer::with_echo(Box::new(Stuck));
+    let mut vm = common::builder(&Workload::Ready)
+        .serial_output(zygote::SerialOutput::Buffer(echoing.clone()))
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    assert!(echoing.wait_for(READY_LINE, GUEST_TIMEOUT));
+    assert_eq!(vm.wait().unwrap().exit_code(), Some(0));
 }

@@ -64,6 +64,12 @@ pub enum VcpuError {
         /// Underlying error.
         source: kvm_ioctls::Error,
     },
+    /// The vCPU thread panicked (in a device or the console writer); the VM was stopped.
+    #[error("the thread of vCPU {index} panicked; the VM was stopped")]
+    Panicked {
+        /// vCPU index.
+        index: u8,
+    },
     /// KVM reported an exit the VMM does not handle.
     #[error("vCPU {index} stopped with an unexpected KVM exit: {exit}")]
     UnexpectedExit {

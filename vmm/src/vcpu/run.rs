@@ -35,14 +35,37 @@ pub(crate) fn spawn(
 }
 
 fn run(mut vcpu: Vcpu, buses: &Buses, control: &VmControl) {
-    let index = usize::from(vcpu.index);
-    control.register(index, Kick::for_current_thread(vcpu.fd.get_kvm_run()));
+    let index = vcpu.index;
+    control.register(
+        usize::from(index),
+        Kick::for_current_thread(vcpu.fd.get_kvm_run()),
+    );
+    // Declared after `vcpu`, so it is dropped first: the kick goes away before the run page
+    // is unmapped, on a normal return and on a panic alike.
+    let _registered = Registered { control, index };
     while let Next::Run = control.next() {
         if let Some(reason) = run_once(&mut vcpu, buses) {
             control.finish(reason);
         }
     }
-    control.unregister(index);
+}
+
+/// Unregisters a vCPU thread's kick when the thread ends, and stops the VM with a host error
+/// if it ends by panicking (a panicking device or console writer).
+struct Registered<'a> {
+    control: &'a VmControl,
+    index: u8,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.control.unregister(usize::from(self.index));
+        if std::thread::panicking() {
+            let index = self.index;
+            let error = VcpuError::Panicked { index };
+            self.control.finish(ExitReason::HostError(Arc::new(error)));
+        }
+    }
 }
 
 /// Runs the guest until its next exit and handles it; returns a reason if the VM must stop.
@@ -135,4 +158,37 @@ fn internal_error(vcpu: &mut Vcpu) -> ExitReason {
 
 fn unexpected(index: u8, exit: String) -> ExitReason {
     ExitReason::HostError(Arc::new(VcpuError::UnexpectedExit { index, exit }))
+}
+
+#[cfg(test)]
+mod tests {
+    use kvm_bindings::kvm_run;
+
+    use super::*;
+
+    #[test]
+    fn a_panicking_vcpu_thread_unregisters_and_stops_the_vm() {
+        let control = Arc::new(VmControl::new(1));
+        let thread_control = control.clone();
+        let thread = std::thread::spawn(move || {
+            let mut run = Box::new(kvm_run::default());
+            thread_control.register(0, Kick::for_current_thread(&mut run));
+            let _registered = Registered {
+                control: &thread_control,
+                index: 0,
+            };
+            panic!("a device bug");
+        });
+        assert!(thread.join().is_err());
+        assert_eq!(
+            control.registered_kicks(),
+            0,
+            "no kick left pointing at a dead thread"
+        );
+        let reason = control.exit_reason();
+        assert!(
+            matches!(&reason, Some(ExitReason::HostError(e)) if matches!(**e, VcpuError::Panicked { index: 0 })),
+            "{reason:?}"
+        );
+    }
 }

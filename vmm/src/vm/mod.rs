@@ -18,6 +18,7 @@ use zygote_devices::Bus;
 
 use crate::boot;
 use crate::config::VmConfig;
+use crate::console::OutputDrain;
 use crate::control::VmControl;
 use crate::devices::{attach_all, DeviceHandles};
 use crate::error::{Error, KvmError};
@@ -45,6 +46,8 @@ struct VmCore {
     devices: DeviceHandles,
     /// Serves the virtio devices once the VM runs; stopped before the VM is torn down.
     event_loop: Option<EventLoop>,
+    /// The thread writing console output to a host writer, if the output goes to one.
+    console_drain: Option<OutputDrain>,
     kvm: KvmVm,
 }
 
@@ -73,7 +76,9 @@ impl Vm {
         kvm.vm_fd()
             .register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(KvmError::Irqfd)?;
-        let serial = Serial::new(serial_irq, serial_output.into_writer());
+        let (serial_writer, console_drain) =
+            serial_output.into_writer().map_err(Error::ConsoleThread)?;
+        let serial = Serial::new(serial_irq, serial_writer);
         let serial = Arc::new(Mutex::new(serial));
         let memory = kvm.ram().memory();
         let mut mmio = Bus::new();
@@ -104,6 +109,7 @@ impl Vm {
                 control,
                 devices: handles,
                 event_loop: None,
+                console_drain,
                 kvm,
             },
         })

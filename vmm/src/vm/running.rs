@@ -6,7 +6,7 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 
 use super::VmCore;
-use crate::control::VmState;
+use crate::control::{PauseError, VmState};
 use crate::error::Error;
 use crate::exit::ExitReason;
 
@@ -43,17 +43,24 @@ impl RunningVm {
         )
     }
 
+    /// Console bytes lost because a [`crate::SerialOutput::Writer`] fell too far behind or
+    /// failed (zero for the other outputs, which never fall behind).
+    pub fn console_dropped_bytes(&self) -> u64 {
+        self.core.console_drain.as_ref().map_or(0, |d| d.dropped())
+    }
+
     /// Whether the VM is running, paused or stopped.
     pub fn state(&self) -> VmState {
         self.core.control.state()
     }
 
-    /// Parks every vCPU outside `KVM_RUN`. Returns once all are parked.
+    /// Parks every vCPU outside `KVM_RUN`. Returns once all are parked; if one stays busy in
+    /// a device for 10 s, the VM is left running and [`Error::PauseTimeout`] says so.
     pub fn pause(&self) -> Result<(), Error> {
-        self.core
-            .control
-            .pause()
-            .map_err(|state| Error::InvalidState { op: "pause", state })
+        self.core.control.pause().map_err(|e| match e {
+            PauseError::State(state) => Error::InvalidState { op: "pause", state },
+            PauseError::Timeout { parked, alive } => Error::PauseTimeout { parked, alive },
+        })
     }
 
     /// Lets a paused VM run again.
@@ -74,14 +81,14 @@ impl RunningVm {
 
     /// The exit reason if the VM has stopped, waiting at most `timeout` for it.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<ExitReason> {
-        self.core.control.wait_exit(Some(timeout))
+        self.core.control.wait_exit(timeout)
     }
 
     /// Waits for the VM to stop, joins its vCPU threads and returns why it stopped.
     pub fn wait(&mut self) -> Result<ExitReason, Error> {
-        let reason = self.core.control.wait_exit(None);
-        self.join()?;
-        reason.ok_or(Error::VcpuThreadPanicked)
+        let reason = self.core.control.wait_exit_forever();
+        self.join();
+        Ok(reason)
     }
 
     /// Stops the VM if it is still running and returns why it stopped: [`ExitReason::Shutdown`]
@@ -95,26 +102,21 @@ impl RunningVm {
         self.core.control.finish(ExitReason::Shutdown);
     }
 
-    fn join(&mut self) -> Result<(), Error> {
-        let mut panicked = false;
+    /// Joins the vCPU threads. A thread that panicked has already stopped the VM with
+    /// [`ExitReason::HostError`] on its way out, so its join error carries nothing more.
+    fn join(&mut self) {
         for thread in self.threads.drain(..) {
-            panicked |= thread.join().is_err();
-        }
-        if panicked {
-            // Make sure a waiter still gets an answer.
-            self.core.control.finish(ExitReason::Shutdown);
-            return Err(Error::VcpuThreadPanicked);
+            let _ = thread.join();
         }
         if let Ok(mut serial) = self.core.serial.lock() {
             let _ = serial.flush();
         }
-        Ok(())
     }
 }
 
 impl Drop for RunningVm {
     fn drop(&mut self) {
         self.stop();
-        let _ = self.join();
+        self.join();
     }
 }
