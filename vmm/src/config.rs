@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::arch::layout::CMDLINE_MAX_SIZE;
 use crate::console::SerialOutput;
 use crate::devices::{BlockConfig, DeviceConfigs, NetConfig, VsockConfig};
+use crate::vm::SerialSource;
 
 /// Most vCPUs a VM may have: APIC IDs must fit the 8 bits of CPUID leaf 1.
 pub const MAX_VCPUS: u8 = 254;
@@ -91,7 +92,7 @@ pub struct VmConfig {
     pub(crate) cmdline: String,
     pub(crate) initrd: Option<File>,
     pub(crate) serial_output: SerialOutput,
-    pub(crate) serial_input: Option<Box<dyn Read + Send>>,
+    pub(crate) serial_input: Option<Box<dyn SerialSource>>,
     pub(crate) devices: DeviceConfigs,
 }
 
@@ -120,7 +121,7 @@ pub struct VmBuilder {
     cmdline: String,
     initrd: Option<PathBuf>,
     serial_output: SerialOutput,
-    serial_input: Option<Box<dyn Read + Send>>,
+    serial_input: Option<Box<dyn SerialSource>>,
     devices: DeviceConfigs,
 }
 
@@ -186,8 +187,9 @@ impl VmBuilder {
         self.serial_output(SerialOutput::Writer(Box::new(writer)))
     }
 
-    /// A source of bytes the guest receives on its serial port.
-    pub fn serial_input(mut self, input: impl Read + Send + 'static) -> Self {
+    /// A source of bytes the guest receives on its serial port: stdin, a pipe, a socket, a
+    /// file. It is read on a thread that waits on its fd, and stops when the VM is dropped.
+    pub fn serial_input(mut self, input: impl SerialSource + 'static) -> Self {
         self.serial_input = Some(Box::new(input));
         self
     }

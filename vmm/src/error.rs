@@ -68,6 +68,9 @@ pub enum Error {
     /// The console writer thread could not be started.
     #[error("cannot start the console writer thread: {0}")]
     ConsoleThread(#[source] std::io::Error),
+    /// The serial input thread could not be started.
+    #[error("cannot start the serial input thread: {0}")]
+    SerialInputThread(#[source] std::io::Error),
     /// A lifecycle operation does not apply in the VM's current state.
     #[error("cannot {op} a VM that is {state:?}")]
     InvalidState {

@@ -31,7 +31,7 @@ pub use error::{Error, KvmError};
 pub use exit::{ExitReason, GuestFault};
 pub use memory::{GuestRam, MemoryError};
 pub use virtio::{EventLoopError, VirtioError, MAX_DEVICES};
-pub use vm::{RunningVm, Vm};
+pub use vm::{RunningVm, SerialSource, Vm};
 
 /// Guest memory types, re-exported so users need not depend on vm-memory's exact version.
 pub use vm_memory;

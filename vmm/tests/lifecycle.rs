@@ -130,3 +130,21 @@ fn a_stuck_console_writer_never_holds_up_the_guest() {
     assert!(echoing.wait_for(READY_LINE, GUEST_TIMEOUT));
     assert_eq!(vm.wait().unwrap().exit_code(), Some(0));
 }
+
+#[test]
+fn the_serial_input_thread_stops_with_the_vm() {
+    use std::io::Read;
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (vm, console) = common::start_with(common::builder(&Workload::Spin).serial_input(theirs));
+    assert!(console.wait_for(READY_LINE, GUEST_TIMEOUT));
+    // Nothing is ever written: the pump waits on an idle source, and must still stop.
+    drop(vm);
+    ours.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        ours.read(&mut byte).unwrap(),
+        0,
+        "the VM let go of its input"
+    );
+}

@@ -2,10 +2,10 @@
 //! stopped.
 
 mod running;
+mod serial_input;
 mod setup;
 mod teardown;
 
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
@@ -27,13 +27,15 @@ use crate::vcpu::{self, Vcpu};
 use crate::virtio::{EventLoop, VirtioDevices};
 
 pub use running::RunningVm;
+use serial_input::InputPump;
+pub use serial_input::SerialSource;
 use teardown::KvmVm;
 
 /// A created VM whose vCPUs have not started yet.
 pub struct Vm {
     // Field order is drop order: vCPUs go before the VM they belong to.
     vcpus: Vec<Vcpu>,
-    serial_input: Option<Box<dyn Read + Send>>,
+    serial_input: Option<Box<dyn SerialSource>>,
     virtio: VirtioDevices,
     core: VmCore,
 }
@@ -48,6 +50,8 @@ struct VmCore {
     event_loop: Option<EventLoop>,
     /// The thread writing console output to a host writer, if the output goes to one.
     console_drain: Option<OutputDrain>,
+    /// The thread feeding serial input, if there is a source; stopped with the VM.
+    serial_input: Option<InputPump>,
     kvm: KvmVm,
 }
 
@@ -110,6 +114,7 @@ impl Vm {
                 devices: handles,
                 event_loop: None,
                 console_drain,
+                serial_input: None,
                 kvm,
             },
         })
@@ -150,7 +155,8 @@ impl Vm {
             }
         }
         if let Some(input) = serial_input {
-            setup::spawn_serial_input(input, Arc::downgrade(&running.core.serial));
+            let pump = InputPump::spawn(input, running.core.serial.clone());
+            running.core.serial_input = Some(pump.map_err(Error::SerialInputThread)?);
         }
         Ok(running)
     }

@@ -1,8 +1,6 @@
 //! Pieces of VM creation: the KVM VM itself, the legacy device buses, the serial input pump.
 
-use std::io::Read;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -63,33 +61,4 @@ pub(super) fn buses(
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
     })
-}
-
-/// Feeds `input` to the UART until it ends or the VM goes away.
-pub(super) fn spawn_serial_input(mut input: Box<dyn Read + Send>, serial: Weak<Mutex<Serial>>) {
-    let pump = move || {
-        let mut buf = [0u8; 256];
-        while let Ok(n @ 1..) = input.read(&mut buf) {
-            let mut sent = 0;
-            while sent < n {
-                let Some(serial) = serial.upgrade() else {
-                    return;
-                };
-                let taken = serial
-                    .lock()
-                    .map(|mut s| s.enqueue_input(&buf[sent..n]).unwrap_or(0))
-                    .unwrap_or(0);
-                sent += taken;
-                if taken == 0 {
-                    // The guest has not drained its receive FIFO yet.
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-    };
-    // The pump holds no strong reference to the VM; if it cannot be started the guest simply
-    // gets no input, which the caller sees on the console.
-    let _ = std::thread::Builder::new()
-        .name("zygote-serial-in".into())
-        .spawn(pump);
 }
