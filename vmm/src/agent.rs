@@ -38,31 +38,42 @@ pub enum AgentError {
     /// The agent answered with a response of the wrong kind.
     #[error("unexpected agent response: {0}")]
     Unexpected(String),
+    /// An earlier request failed part-way, so the stream's framing is lost; connect again.
+    #[error("the agent connection lost its framing after an earlier error; connect again")]
+    Desynchronized,
 }
 
 /// A connection to the guest agent.
+///
+/// Each read or write on the connection waits at most [`IO_TIMEOUT`] (plus a request's own
+/// wait, for `net_recv`). After any error in the middle of a request the client refuses
+/// further requests with [`AgentError::Desynchronized`]: a late answer would otherwise be
+/// taken for the answer to the next request.
 pub struct AgentClient {
     stream: BufReader<UnixStream>,
     frame: Vec<u8>,
+    broken: bool,
 }
 
-/// How long a request may take before the connection gives up.
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a single read or write on the agent connection waits.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl AgentClient {
     /// Connects through the vsock Unix socket at `uds_path` to guest `port`, retrying until
     /// the guest accepts or `timeout` passes (the agent may still be starting).
     pub fn connect(uds_path: &Path, port: u32, timeout: Duration) -> Result<Self, AgentError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
-            match handshake(uds_path, port) {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match handshake(uds_path, port, left.unwrap_or(IO_TIMEOUT)) {
                 Ok(stream) => {
                     return Ok(Self {
                         stream: BufReader::new(stream),
                         frame: Vec::new(),
+                        broken: false,
                     })
                 }
-                Err(e) if Instant::now() >= deadline => {
+                Err(e) if left.is_some_and(|l| l.is_zero()) => {
                     return Err(AgentError::Connect {
                         port,
                         reason: e.to_string(),
@@ -79,14 +90,41 @@ impl AgentClient {
         self.receive()
     }
 
+    /// Runs `io` on the connection; any failure leaves the client desynchronized.
+    fn guarded<T>(
+        &mut self,
+        io: impl FnOnce(&mut Self) -> Result<T, AgentError>,
+    ) -> Result<T, AgentError> {
+        if self.broken {
+            return Err(AgentError::Desynchronized);
+        }
+        let result = io(self);
+        if matches!(result, Err(AgentError::Io(_) | AgentError::Decode(_))) {
+            self.broken = true;
+        }
+        result
+    }
+
     fn send(&mut self, request: &Request<'_>) -> Result<(), AgentError> {
         let mut out = vec![0u8; request.encoded_len()];
         let n = request.encode(&mut out).map_err(|_| AgentError::Encode)?;
-        self.stream.get_mut().write_all(&out[..n])?;
-        Ok(())
+        self.guarded(|client| Ok(client.stream.get_mut().write_all(&out[..n])?))
     }
 
     fn receive(&mut self) -> Result<Response<'_>, AgentError> {
+        self.guarded(Self::read_frame)?;
+        match Response::decode(&self.frame) {
+            Ok((Response::Error(code), _)) => Err(AgentError::Guest(code)),
+            Ok((response, _)) => Ok(response),
+            Err(e) => {
+                self.broken = true;
+                Err(AgentError::Decode(e))
+            }
+        }
+    }
+
+    /// Reads one whole frame into `self.frame`.
+    fn read_frame(&mut self) -> Result<(), AgentError> {
         let mut prefix = [0u8; LEN_PREFIX];
         self.stream.read_exact(&mut prefix)?;
         let body = u32::from_le_bytes(prefix) as usize;
@@ -98,22 +136,22 @@ impl AgentClient {
         self.frame.resize(LEN_PREFIX + body, 0);
         self.stream.read_exact(&mut self.frame[LEN_PREFIX..])?;
         debug_assert_eq!(frame_len(&self.frame), Ok(self.frame.len()));
-        match Response::decode(&self.frame).map_err(AgentError::Decode)? {
-            (Response::Error(code), _) => Err(AgentError::Guest(code)),
-            (response, _) => Ok(response),
-        }
+        Ok(())
     }
 
-    /// The raw connection, for streaming bytes after a `Sink` or `Source` request.
-    fn stream(&mut self) -> &mut BufReader<UnixStream> {
-        &mut self.stream
+    /// Lets reads wait `extra` longer than [`IO_TIMEOUT`] (for requests that wait in the
+    /// guest), or restores the default with `Duration::ZERO`.
+    fn extend_read_timeout(&mut self, extra: Duration) -> Result<(), AgentError> {
+        let timeout = IO_TIMEOUT.saturating_add(extra);
+        self.guarded(|client| Ok(client.stream.get_ref().set_read_timeout(Some(timeout))?))
     }
 }
 
-/// Connects, sends `CONNECT <port>\n` and waits for `OK <host port>\n`.
-fn handshake(uds_path: &Path, port: u32) -> io::Result<UnixStream> {
+/// Connects, sends `CONNECT <port>\n` and waits at most `wait` for `OK <host port>\n`.
+fn handshake(uds_path: &Path, port: u32, wait: Duration) -> io::Result<UnixStream> {
     let mut stream = UnixStream::connect(uds_path)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    // A zero timeout means "none" to the socket API: wait at least a millisecond.
+    stream.set_read_timeout(Some(wait.max(Duration::from_millis(1)).min(IO_TIMEOUT)))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
     let mut line = String::new();
@@ -144,3 +182,47 @@ fn handshake(uds_path: &Path, port: u32) -> io::Result<UnixStream> {
 }
 
 mod ops;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(stream: UnixStream) -> AgentClient {
+        AgentClient {
+            stream: BufReader::new(stream),
+            frame: Vec::new(),
+            broken: false,
+        }
+    }
+
+    #[test]
+    fn a_request_cut_short_desynchronizes_the_client() {
+        let (ours, mut agent) = UnixStream::pair().unwrap();
+        let mut client = client(ours);
+        // The agent answers half a frame, then goes quiet.
+        let server = std::thread::spawn(move || {
+            let mut request = [0u8; 5];
+            agent.read_exact(&mut request).unwrap();
+            agent.write_all(&[6, 0, 0, 0, 0]).unwrap();
+            agent
+        });
+        client
+            .stream
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        assert!(matches!(client.ping(), Err(AgentError::Io(_))));
+        // Whatever arrives later must not be taken for the next answer.
+        let _agent = server.join().unwrap();
+        assert!(matches!(client.ping(), Err(AgentError::Desynchronized)));
+    }
+
+    #[test]
+    fn a_garbled_length_desynchronizes_the_client() {
+        let (ours, mut agent) = UnixStream::pair().unwrap();
+        let mut client = client(ours);
+        agent.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        assert!(matches!(client.ping(), Err(AgentError::Decode(_))));
+        assert!(matches!(client.ping(), Err(AgentError::Desynchronized)));
+    }
+}

@@ -98,3 +98,24 @@ fn a_64_mib_transfer_each_way_matches_its_checksum() {
     );
     guest.vm.shutdown().unwrap();
 }
+
+#[test]
+fn connecting_to_a_paused_guest_gives_up_at_its_deadline() {
+    use std::time::{Duration, Instant};
+    use zygote::agent::{AgentClient, AgentError, AGENT_PORT};
+
+    let mut guest = agent_vm("vsock-paused", AgentOpts::default());
+    guest.vm.pause().unwrap();
+    let start = Instant::now();
+    let result = AgentClient::connect(&guest.uds, AGENT_PORT, Duration::from_secs(2));
+    assert!(matches!(result, Err(AgentError::Connect { .. })));
+    // The deadline holds (the handshake used to wait a fixed 60 s per attempt).
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    guest.vm.resume().unwrap();
+    guest.vm.agent().unwrap().ping().unwrap();
+    guest.vm.shutdown().unwrap();
+}

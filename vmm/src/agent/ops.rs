@@ -1,6 +1,7 @@
 //! Typed agent operations, one method per request.
 
 use std::io::{Read, Write};
+use std::time::Duration;
 
 use zygote_guest_proto::agent::{Request, Response, StreamChecksum, DISK_ID_LEN};
 
@@ -88,12 +89,15 @@ impl AgentClient {
 
     /// The next frame the guest receives within `timeout_ms`, or `None`.
     pub fn net_recv(&mut self, timeout_ms: u32) -> Result<Option<Vec<u8>>, AgentError> {
-        match self.call(&Request::NetRecv { timeout_ms }) {
+        self.extend_read_timeout(Duration::from_millis(u64::from(timeout_ms)))?;
+        let frame = match self.call(&Request::NetRecv { timeout_ms }) {
             Ok(Response::NetFrame(frame)) => Ok(Some(frame.to_vec())),
             Err(AgentError::Guest(super::ErrorCode::NoFrame)) => Ok(None),
             Ok(other) => Err(unexpected(&other)),
             Err(e) => Err(e),
-        }
+        };
+        self.extend_read_timeout(Duration::ZERO)?;
+        frame
     }
 
     /// Adds `value` to the guest's counter; returns the new value.
@@ -117,9 +121,12 @@ impl AgentClient {
         self.send(&Request::Sink {
             len: data.len() as u64,
         })?;
-        for chunk in data.chunks(CHUNK) {
-            self.stream().get_mut().write_all(chunk)?;
-        }
+        self.guarded(|client| {
+            for chunk in data.chunks(CHUNK) {
+                client.stream.get_mut().write_all(chunk)?;
+            }
+            Ok(())
+        })?;
         match self.receive()? {
             Response::Sunk { len, checksum } => Ok((len, checksum)),
             other => Err(unexpected(&other)),
@@ -132,19 +139,21 @@ impl AgentClient {
             Response::Sourcing { len: l } if l == len => {}
             other => return Err(unexpected(&other)),
         }
-        let mut checksum = StreamChecksum::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut left = len;
-        while left > 0 {
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = self.stream().read(&mut buf[..want])?;
-            if n == 0 {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        self.guarded(|client| {
+            let mut checksum = StreamChecksum::new();
+            let mut buf = vec![0u8; CHUNK];
+            let mut left = len;
+            while left > 0 {
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = client.stream.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                }
+                checksum.update(&buf[..n]);
+                left -= n as u64;
             }
-            checksum.update(&buf[..n]);
-            left -= n as u64;
-        }
-        Ok(checksum.value())
+            Ok(checksum.value())
+        })
     }
 
     /// Has the guest connect to host vsock `port`, send `payload` and return the reply.
