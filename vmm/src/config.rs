@@ -79,6 +79,14 @@ pub enum ConfigError {
         /// Maximum length, in bytes.
         max: usize,
     },
+    /// More virtio devices than a VM can have.
+    #[error("devices: {requested} virtio devices, at most {max} are supported")]
+    TooManyDevices {
+        /// Devices configured.
+        requested: usize,
+        /// Maximum supported.
+        max: u32,
+    },
     /// The command line has characters the boot protocol does not allow.
     #[error("cmdline: only printable ASCII is allowed")]
     CmdlineInvalid,
@@ -217,11 +225,12 @@ impl VmBuilder {
         let vcpus = validate_vcpus(self.vcpus)?;
         let memory_bytes = validate_memory(self.memory_mib)?;
         let kernel = open_kernel(self.kernel.as_deref().ok_or(ConfigError::NoKernel)?)?;
-        validate_cmdline(&self.cmdline)?;
+        let devices = validate_device_count(&self.devices)?;
+        validate_cmdline(&self.cmdline, devices)?;
         let initrd = self
             .initrd
             .map(|path| {
-                File::open(&path).map_err(|source| ConfigError::InitrdUnreadable { path, source })
+                open_regular(&path).map_err(|source| ConfigError::InitrdUnreadable { path, source })
             })
             .transpose()?;
         Ok(VmConfig {
@@ -274,7 +283,7 @@ fn open_kernel(path: &Path) -> Result<File, ConfigError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(unreadable)?;
+    let mut file = open_regular(path).map_err(unreadable)?;
     let mut magic = [0u8; 4];
     let is_elf = match file.read_exact(&mut magic) {
         Ok(()) => magic == *b"\x7fELF",
@@ -289,11 +298,40 @@ fn open_kernel(path: &Path) -> Result<File, ConfigError> {
     Ok(file)
 }
 
-fn validate_cmdline(cmdline: &str) -> Result<(), ConfigError> {
+/// Opens a regular file for reading. Anything else (a FIFO would block the open, a directory
+/// cannot hold an image) is refused first.
+fn open_regular(path: &Path) -> std::io::Result<File> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    File::open(path)
+}
+
+fn validate_device_count(devices: &DeviceConfigs) -> Result<u32, ConfigError> {
+    let requested =
+        devices.blocks.len() + devices.nets.len() + usize::from(devices.vsock.is_some());
+    match u32::try_from(requested) {
+        Ok(n) if n <= crate::virtio::MAX_DEVICES => Ok(n),
+        _ => Err(ConfigError::TooManyDevices {
+            requested,
+            max: crate::virtio::MAX_DEVICES,
+        }),
+    }
+}
+
+/// Checks the command line as the guest will get it: with one entry per virtio device added.
+fn validate_cmdline(cmdline: &str, devices: u32) -> Result<(), ConfigError> {
+    let entries: usize = (0..devices)
+        .map(|i| 1 + crate::virtio::cmdline_entry(i).len())
+        .sum();
+    let len = cmdline.len() + entries;
     // The boot protocol needs room for the terminating NUL.
-    if cmdline.len() >= CMDLINE_MAX_SIZE {
+    if len >= CMDLINE_MAX_SIZE {
         return Err(ConfigError::CmdlineTooLong {
-            len: cmdline.len(),
+            len,
             max: CMDLINE_MAX_SIZE - 1,
         });
     }
@@ -329,14 +367,21 @@ mod tests {
         ));
         assert_eq!(validate_memory(16).unwrap(), 16 << 20);
         assert!(matches!(
-            validate_cmdline(&"x".repeat(CMDLINE_MAX_SIZE)),
+            validate_cmdline(&"x".repeat(CMDLINE_MAX_SIZE), 0),
             Err(ConfigError::CmdlineTooLong { .. })
         ));
         assert!(matches!(
-            validate_cmdline("a\nb"),
+            validate_cmdline("a\nb", 0),
             Err(ConfigError::CmdlineInvalid)
         ));
-        validate_cmdline("console=ttyS0 zygote.workload=ready").unwrap();
+        validate_cmdline("console=ttyS0 zygote.workload=ready", 0).unwrap();
+        // Room for the line but not for the devices' entries appended to it.
+        let almost = "x".repeat(CMDLINE_MAX_SIZE - 10);
+        validate_cmdline(&almost, 0).unwrap();
+        assert!(matches!(
+            validate_cmdline(&almost, 1),
+            Err(ConfigError::CmdlineTooLong { .. })
+        ));
     }
 
     #[test]

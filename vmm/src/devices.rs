@@ -210,7 +210,26 @@ pub(crate) fn attach_all(
     Ok(handles)
 }
 
+/// Refuses a disk image that is neither a regular file nor a block device: opening a FIFO
+/// would block the VMM, and nothing else can hold sectors.
+fn check_image_type(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path)?.file_type();
+    if kind.is_file() || kind.is_block_device() {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file or block device",
+        ))
+    }
+}
+
 fn block(config: &BlockConfig) -> Result<Block, DeviceError> {
+    check_image_type(&config.path).map_err(|source| DeviceError::BlockOpen {
+        path: config.path.clone(),
+        source,
+    })?;
     let open_error = |source| DeviceError::BlockOpen {
         path: config.path.clone(),
         source,

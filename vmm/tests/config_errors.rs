@@ -127,3 +127,22 @@ fn initrd_missing_or_too_large() {
     );
     let _ = fs::remove_file(big);
 }
+
+#[test]
+fn a_fifo_as_kernel_or_disk_is_refused_not_waited_on() {
+    let fifo = common::temp_path("fifo");
+    let _ = fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let err = config_err(valid().kernel(&fifo));
+    assert!(matches!(err, ConfigError::KernelUnreadable { .. }), "{err}");
+    let err = build_err(valid().block(zygote::BlockConfig::new(&fifo).read_only()));
+    assert!(
+        matches!(err, Error::Device(zygote::DeviceError::BlockOpen { .. })),
+        "{err}"
+    );
+    let _ = fs::remove_file(fifo);
+}

@@ -93,8 +93,7 @@ impl VirtioDevices {
         )?;
         self.subscribers
             .push(Box::new(DeviceSubscriber::new(transport.clone(), notify)));
-        self.cmdline
-            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        self.cmdline.push(cmdline_entry(self.count));
         self.count += 1;
         Ok(transport)
     }
@@ -112,6 +111,13 @@ impl VirtioDevices {
         }
         EventLoop::start(self.subscribers).map(Some)
     }
+}
+
+/// The command-line entry announcing device `index` (Linux's `virtio_mmio.device=` format).
+pub(crate) fn cmdline_entry(index: u32) -> String {
+    let base = VIRTIO_MMIO_START + u64::from(index) * MMIO_LEN;
+    let irq = FIRST_IRQ + index;
+    format!("virtio_mmio.device=4K@{base:#x}:{irq}")
 }
 
 /// One ioeventfd per queue on the QueueNotify register, matching the queue index written.
