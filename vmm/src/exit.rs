@@ -47,8 +47,9 @@ pub enum ExitReason {
     GuestFault(GuestFault),
     /// The host shut the VM down.
     Shutdown,
-    /// The VMM failed to run the guest.
-    HostError(Arc<crate::vcpu::VcpuError>),
+    /// The VMM failed to run the guest: a vCPU (`VcpuError`) or the device event loop
+    /// (`EventLoopError`) failed. Downcast to look inside.
+    HostError(Arc<dyn std::error::Error + Send + Sync>),
 }
 
 impl ExitReason {

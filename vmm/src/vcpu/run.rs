@@ -187,7 +187,8 @@ mod tests {
         );
         let reason = control.exit_reason();
         assert!(
-            matches!(&reason, Some(ExitReason::HostError(e)) if matches!(**e, VcpuError::Panicked { index: 0 })),
+            matches!(&reason, Some(ExitReason::HostError(e))
+                if matches!(e.downcast_ref(), Some(VcpuError::Panicked { index: 0 }))),
             "{reason:?}"
         );
     }

@@ -24,6 +24,9 @@ pub enum EventLoopError {
     /// The thread could not be started.
     #[error("cannot start the device event loop thread: {0}")]
     Spawn(#[source] std::io::Error),
+    /// Waiting for events failed while the VM ran; its devices stopped being served.
+    #[error("the device event loop failed: {0}")]
+    Run(#[source] event_manager::Error),
 }
 
 /// Ends the loop when its eventfd is written.
@@ -51,8 +54,12 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Starts a thread that serves `subscribers` until the loop is dropped.
-    pub fn start(subscribers: Vec<Subscriber>) -> Result<Self, EventLoopError> {
+    /// Starts a thread that serves `subscribers` until the loop is dropped. If waiting for
+    /// events ever fails, the loop ends and `on_failure` is told why (the VM stops with it).
+    pub fn start(
+        subscribers: Vec<Subscriber>,
+        on_failure: impl FnOnce(EventLoopError) + Send + 'static,
+    ) -> Result<Self, EventLoopError> {
         let mut manager = EventManager::<Subscriber>::new()?;
         for subscriber in subscribers {
             manager.add_subscriber(subscriber);
@@ -67,7 +74,8 @@ impl EventLoop {
             .name("zygote-devices".into())
             .spawn(move || {
                 while !stopped.load(Ordering::SeqCst) {
-                    if manager.run().is_err() {
+                    if let Err(e) = manager.run() {
+                        on_failure(EventLoopError::Run(e));
                         break;
                     }
                 }
@@ -82,10 +90,13 @@ impl EventLoop {
 
 impl Drop for EventLoop {
     fn drop(&mut self) {
-        if self.stop.write(1).is_ok() {
-            if let Some(thread) = self.thread.take() {
-                let _ = thread.join();
-            }
+        // If the eventfd cannot be written the thread may never wake: leave it rather than
+        // hang the caller (it ends with the process, holding only device handles).
+        let Ok(()) = self.stop.write(1) else {
+            return;
+        };
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

@@ -104,12 +104,16 @@ impl VirtioDevices {
         self.cmdline.join(" ")
     }
 
-    /// Starts the event loop serving every attached device (none if there are none).
-    pub fn start(self) -> Result<Option<EventLoop>, EventLoopError> {
+    /// Starts the event loop serving every attached device (none if there are none); if it
+    /// fails while running, `on_failure` hears why.
+    pub fn start(
+        self,
+        on_failure: impl FnOnce(EventLoopError) + Send + 'static,
+    ) -> Result<Option<EventLoop>, EventLoopError> {
         if self.subscribers.is_empty() {
             return Ok(None);
         }
-        EventLoop::start(self.subscribers).map(Some)
+        EventLoop::start(self.subscribers, on_failure).map(Some)
     }
 }
 

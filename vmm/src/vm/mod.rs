@@ -22,6 +22,7 @@ use crate::console::OutputDrain;
 use crate::control::VmControl;
 use crate::devices::{attach_all, DeviceHandles};
 use crate::error::{Error, KvmError};
+use crate::exit::ExitReason;
 use crate::memory::GuestRam;
 use crate::vcpu::{self, Vcpu};
 use crate::virtio::{EventLoop, VirtioDevices};
@@ -139,7 +140,10 @@ impl Vm {
             serial_input,
             virtio,
         } = self;
-        core.event_loop = virtio.start()?;
+        let control = core.control.clone();
+        core.event_loop = virtio.start(move |error| {
+            control.finish(ExitReason::HostError(Arc::new(error)));
+        })?;
         let mut running = RunningVm {
             threads: Vec::with_capacity(vcpus.len()),
             core,
