@@ -6,7 +6,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use zygote_guest_proto::agent::{frame_len, DecodeError, Request, Response, LEN_PREFIX, MAX_FRAME};
+use zygote_guest_proto::agent::{
+    frame_len, DecodeError, Opcode, Request, Response, LEN_PREFIX, MAX_FRAME,
+};
 pub use zygote_guest_proto::agent::{ErrorCode, AGENT_COUNTER_ADDR, AGENT_PORT, DISK_ID_LEN};
 
 /// Errors from talking to the guest agent.
@@ -16,12 +18,12 @@ pub enum AgentError {
     #[error("the VM has no vsock device, so no agent can be reached")]
     NoVsock,
     /// The vsock socket could not be reached or the guest did not accept in time.
-    #[error("cannot connect to the agent on vsock port {port}: {reason}")]
+    #[error("cannot connect to the agent on vsock port {port}: {source}")]
     Connect {
         /// The guest port.
         port: u32,
-        /// What went wrong last.
-        reason: String,
+        /// What went wrong on the last attempt.
+        source: io::Error,
     },
     /// Reading from or writing to the connection failed.
     #[error("agent connection failed: {0}")]
@@ -35,9 +37,9 @@ pub enum AgentError {
     /// The agent reported an error.
     #[error("the agent refused the request: {0}")]
     Guest(ErrorCode),
-    /// The agent answered with a response of the wrong kind.
-    #[error("unexpected agent response: {0}")]
-    Unexpected(String),
+    /// The agent answered with a response of the wrong kind (named by its opcode).
+    #[error("the agent answered with the wrong kind of response ({0:?})")]
+    Unexpected(Option<Opcode>),
     /// An earlier request failed part-way, so the stream's framing is lost; connect again.
     #[error("the agent connection lost its framing after an earlier error; connect again")]
     Desynchronized,
@@ -73,11 +75,8 @@ impl AgentClient {
                         broken: false,
                     })
                 }
-                Err(e) if left.is_some_and(|l| l.is_zero()) => {
-                    return Err(AgentError::Connect {
-                        port,
-                        reason: e.to_string(),
-                    })
+                Err(source) if left.is_some_and(|l| l.is_zero()) => {
+                    return Err(AgentError::Connect { port, source })
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }

@@ -19,9 +19,12 @@ pub enum BootError {
     /// The ELF image could not be loaded (bad headers, segments outside memory).
     #[error("cannot load the kernel ELF image: {0}")]
     LoadKernel(#[source] linux_loader::loader::Error),
-    /// The command line could not be built or written.
+    /// The command line is not one the boot protocol accepts.
+    #[error("invalid kernel command line: {0}")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    /// The command line could not be written to guest memory.
     #[error("cannot write the kernel command line: {0}")]
-    Cmdline(String),
+    WriteCmdline(#[source] linux_loader::loader::Error),
     /// The initrd size could not be read.
     #[error("cannot read the initrd: {0}")]
     ReadInitrd(#[source] std::io::Error),
@@ -66,9 +69,8 @@ pub fn load<K: Read + Seek + ReadVolatile>(
 
 /// Writes the command line and returns its size including the NUL.
 fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<usize, BootError> {
-    let line = Cmdline::try_from(cmdline, CMDLINE_MAX_SIZE)
-        .map_err(|e| BootError::Cmdline(e.to_string()))?;
-    load_cmdline(mem, CMDLINE_START, &line).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    let line = Cmdline::try_from(cmdline, CMDLINE_MAX_SIZE).map_err(BootError::Cmdline)?;
+    load_cmdline(mem, CMDLINE_START, &line).map_err(BootError::WriteCmdline)?;
     Ok(cmdline.len() + 1)
 }
 

@@ -19,7 +19,10 @@ use crate::arch::layout::ram_regions;
 pub enum MemoryError {
     /// `memfd_create` failed.
     #[error("cannot create the guest memory file: {0}")]
-    CreateMemfd(std::io::Error),
+    CreateMemfd(#[source] std::io::Error),
+    /// The memory file could not be duplicated for a second mapping.
+    #[error("cannot duplicate the guest memory file: {0}")]
+    DupMemfd(#[source] std::io::Error),
     /// The memory file could not be sized.
     #[error("cannot size the guest memory file to {size} bytes: {source}")]
     Resize {
@@ -30,7 +33,7 @@ pub enum MemoryError {
     },
     /// The memory file could not be sealed against resizing.
     #[error("cannot seal the guest memory file: {0}")]
-    Seal(std::io::Error),
+    Seal(#[source] std::io::Error),
     /// Mapping guest RAM failed.
     #[error("cannot map guest memory: {0}")]
     Map(#[from] vm_memory::mmap::FromRangesError),
@@ -64,7 +67,7 @@ impl GuestRam {
                 let len = usize::try_from(region.len)
                     .map_err(|_| MemoryError::RegionTooLarge(region.len))?;
                 let offset = FileOffset::new(
-                    file.try_clone().map_err(MemoryError::CreateMemfd)?,
+                    file.try_clone().map_err(MemoryError::DupMemfd)?,
                     region.file_offset,
                 );
                 Ok((region.start, len, Some(offset)))

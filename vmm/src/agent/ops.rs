@@ -8,7 +8,7 @@ use zygote_guest_proto::agent::{Request, Response, StreamChecksum, DISK_ID_LEN};
 use super::{AgentClient, AgentError};
 
 fn unexpected(response: &Response<'_>) -> AgentError {
-    AgentError::Unexpected(format!("{response:?}"))
+    AgentError::Unexpected(response.opcode())
 }
 
 /// Bytes streamed per write or read during `sink` and `source`.

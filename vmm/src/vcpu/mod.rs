@@ -71,13 +71,24 @@ pub enum VcpuError {
         index: u8,
     },
     /// KVM reported an exit the VMM does not handle.
-    #[error("vCPU {index} stopped with an unexpected KVM exit: {exit}")]
+    #[error("vCPU {index} stopped with unexpected KVM exit reason {exit_reason}")]
     UnexpectedExit {
         /// vCPU index.
         index: u8,
-        /// Description of the exit.
-        exit: String,
+        /// `kvm_run.exit_reason` (`KVM_EXIT_*`).
+        exit_reason: u32,
     },
+    /// KVM reported a system event the VMM does not handle.
+    #[error("vCPU {index} stopped with unexpected KVM system event {kind}")]
+    UnexpectedSystemEvent {
+        /// vCPU index.
+        index: u8,
+        /// `KVM_SYSTEM_EVENT_*` type.
+        kind: u32,
+    },
+    /// The boot MSR list could not be built.
+    #[error("cannot build the boot MSR list: {0:?}")]
+    BuildMsrs(vmm_sys_util::fam::Error),
 }
 
 /// A created, configured vCPU that is not running yet.
@@ -97,7 +108,7 @@ impl Vcpu {
         let tsc_khz = fd.get_tsc_khz().ok();
         fd.set_cpuid2(&cpuid::filter(supported, index, count, tsc_khz))
             .map_err(configure("KVM_SET_CPUID2"))?;
-        let msrs = msr::boot_msrs().map_err(|_| VcpuError::SetMsr { index, msr: 0 })?;
+        let msrs = msr::boot_msrs().map_err(VcpuError::BuildMsrs)?;
         let set = fd.set_msrs(&msrs).map_err(configure("KVM_SET_MSRS"))?;
         if set != msrs.as_slice().len() {
             let msr = msr::boot_msr_index(set).unwrap_or_default();

@@ -111,25 +111,41 @@ fn run_once(vcpu: &mut Vcpu, buses: &Buses) -> Option<ExitReason> {
         VcpuExit::Intr => None,
         VcpuExit::InternalError => Some(internal_error(vcpu)),
         VcpuExit::Shutdown => Some(triple_fault(vcpu)),
-        other => Some(stop_reason(index, other)),
+        other => match stop_reason(index, other) {
+            Some(reason) => Some(reason),
+            None => Some(unexpected_exit(vcpu)),
+        },
     }
 }
 
-/// Maps an exit that ends the VM to its reason.
-fn stop_reason(index: u8, exit: VcpuExit<'_>) -> ExitReason {
-    match exit {
+/// Maps an exit that ends the VM to its reason; `None` for exits the VMM does not know.
+fn stop_reason(index: u8, exit: VcpuExit<'_>) -> Option<ExitReason> {
+    Some(match exit {
         VcpuExit::Hlt => ExitReason::PowerOff,
         VcpuExit::SystemEvent(kind, _) => match kind {
             KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
             KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
             KVM_SYSTEM_EVENT_CRASH => ExitReason::GuestFault(GuestFault::Crash),
-            other => unexpected(index, format!("system event {other}")),
+            kind => host_error(VcpuError::UnexpectedSystemEvent { index, kind }),
         },
         VcpuExit::FailEntry(reason, _) => {
             ExitReason::GuestFault(GuestFault::EntryFailure { reason })
         }
-        other => unexpected(index, format!("{other:?}")),
-    }
+        _ => return None,
+    })
+}
+
+/// An exit the VMM does not handle, named by KVM's raw exit reason.
+fn unexpected_exit(vcpu: &mut Vcpu) -> ExitReason {
+    let exit_reason = vcpu.fd.get_kvm_run().exit_reason;
+    host_error(VcpuError::UnexpectedExit {
+        index: vcpu.index,
+        exit_reason,
+    })
+}
+
+fn host_error(error: VcpuError) -> ExitReason {
+    ExitReason::HostError(Arc::new(error))
 }
 
 /// A triple fault, with what KVM still knows of the CPU state (zeros if it cannot say).
@@ -154,10 +170,6 @@ fn internal_error(vcpu: &mut Vcpu) -> ExitReason {
     // filled in.
     let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
     ExitReason::GuestFault(GuestFault::InternalError { suberror })
-}
-
-fn unexpected(index: u8, exit: String) -> ExitReason {
-    ExitReason::HostError(Arc::new(VcpuError::UnexpectedExit { index, exit }))
 }
 
 #[cfg(test)]
