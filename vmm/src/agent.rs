@@ -65,6 +65,8 @@ impl AgentClient {
     /// the guest accepts or `timeout` passes (the agent may still be starting).
     pub fn connect(uds_path: &Path, port: u32, timeout: Duration) -> Result<Self, AgentError> {
         let deadline = Instant::now().checked_add(timeout);
+        // Retries back off: every attempt is a connection the device must set up and tear down.
+        let mut pause = Duration::from_millis(2);
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             match handshake(uds_path, port, left.unwrap_or(IO_TIMEOUT)) {
@@ -78,7 +80,10 @@ impl AgentClient {
                 Err(source) if left.is_some_and(|l| l.is_zero()) => {
                     return Err(AgentError::Connect { port, source })
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
             }
         }
     }
