@@ -106,10 +106,11 @@ pub fn split_front(segments: &[Segment], n: u64) -> (Vec<Segment>, Vec<Segment>)
 }
 
 /// Splits off the last byte of `segments`: `(everything before it, its address)`, or `None`
-/// when they are empty or the address overflows.
+/// when they are empty, the last one is empty (a [`Segment`] built by hand may be) or the
+/// address overflows.
 pub fn split_last_byte(segments: &[Segment]) -> Option<(Vec<Segment>, GuestAddress)> {
     let (&last, before) = segments.split_last()?;
-    let addr = last.addr.checked_add(u64::from(last.len) - 1)?;
+    let addr = last.addr.checked_add(u64::from(last.len).checked_sub(1)?)?;
     let mut rest = before.to_vec();
     if last.len > 1 {
         rest.push(Segment {
@@ -152,6 +153,70 @@ pub fn read_gathered<M: vm_memory::GuestMemoryBackend>(
     }
 }
 
+/// Writes all of `data` across `segments` in order; they must hold at least that many bytes.
+pub fn write_scattered<M: vm_memory::GuestMemoryBackend>(
+    mem: &M,
+    segments: &[Segment],
+    data: &[u8],
+) -> Result<(), vm_memory::GuestMemoryError> {
+    SegmentWriter::new(segments).write(mem, data)
+}
+
+/// A write position across a chain's writable buffers, for data written in several pieces
+/// (a header, then a payload).
+#[derive(Debug)]
+pub struct SegmentWriter<'a> {
+    segments: &'a [Segment],
+    /// Bytes already written into `segments[0]`.
+    offset: u32,
+}
+
+impl<'a> SegmentWriter<'a> {
+    /// A writer at the start of `segments`.
+    pub fn new(segments: &'a [Segment]) -> Self {
+        Self {
+            segments,
+            offset: 0,
+        }
+    }
+
+    /// Writes all of `data` after what was written before. Fails with `PartialBuffer` when the
+    /// segments have no room left for it, and with the memory error when one lies outside
+    /// guest memory.
+    pub fn write<M: vm_memory::GuestMemoryBackend>(
+        &mut self,
+        mem: &M,
+        mut data: &[u8],
+    ) -> Result<(), vm_memory::GuestMemoryError> {
+        use vm_memory::Bytes;
+        let expected = data.len();
+        while !data.is_empty() {
+            let Some((seg, rest)) = self.segments.split_first() else {
+                return Err(vm_memory::GuestMemoryError::PartialBuffer {
+                    expected,
+                    completed: expected - data.len(),
+                });
+            };
+            let room = (seg.len - self.offset) as usize;
+            let n = room.min(data.len());
+            let addr = seg
+                .addr
+                .checked_add(u64::from(self.offset))
+                .ok_or(vm_memory::GuestMemoryError::InvalidGuestAddress(seg.addr))?;
+            mem.write_slice(&data[..n], addr)?;
+            data = &data[n..];
+            if n == room {
+                self.segments = rest;
+                self.offset = 0;
+            } else {
+                // `n < room <= seg.len`, so this stays within u32.
+                self.offset += n as u32;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +243,31 @@ mod tests {
         assert_eq!((before.len(), status), (0, GuestAddress(0x3000)));
         assert_eq!(split_last_byte(&[]), None);
         assert_eq!(split_last_byte(&[seg(u64::MAX, 2)]), None);
+    }
+
+    #[test]
+    fn split_last_byte_of_a_zero_length_segment_is_none_not_a_panic() {
+        assert_eq!(split_last_byte(&[seg(0x1000, 0)]), None);
+        assert_eq!(split_last_byte(&[seg(0x1000, 4), seg(0, 0)]), None);
+    }
+
+    #[test]
+    fn scattered_writes_continue_across_segments_and_refuse_overflow() {
+        let mem = crate::virtio::testing::guest_memory();
+        let segs = [seg(0x1000, 3), seg(0x2000, 4)];
+        let mut writer = SegmentWriter::new(&segs);
+        writer.write(&mem, b"ab").unwrap();
+        writer.write(&mem, b"cde").unwrap();
+        let mut got = [0u8; 7];
+        read_gathered(&mem, &segs, &mut got).unwrap();
+        assert_eq!(&got[..5], b"abcde");
+        assert!(
+            writer.write(&mem, b"xyz").is_err(),
+            "only 2 bytes of room left"
+        );
+        write_scattered(&mem, &segs, b"1234567").unwrap();
+        read_gathered(&mem, &segs, &mut got).unwrap();
+        assert_eq!(&got, b"1234567");
+        assert!(write_scattered(&mem, &[seg(u64::MAX - 1, 4)], b"abcd").is_err());
     }
 }

@@ -110,6 +110,25 @@ pub trait VirtioDevice: Send {
 
     /// The backend fd became readable: move what it has towards the guest.
     fn process_backend(&mut self) {}
+
+    /// Whether the device stopped with work left. One call of [`VirtioDevice::queue_notify`],
+    /// [`VirtioDevice::process_backend`] or [`VirtioDevice::process_pending_work`] takes at
+    /// most a queue's size of chains from each queue it serves, so a driver that keeps
+    /// refilling a ring cannot hold the event loop; when chains are still waiting after that,
+    /// this turns true.
+    ///
+    /// The event loop must then call [`VirtioDevice::process_pending_work`] again, after it
+    /// served the other fds that were ready (not in a tight loop), and keep doing so while this
+    /// stays true. A driver that keeps refilling a ring is served a queue's worth per round,
+    /// like every other device, instead of starving them.
+    fn has_pending_work(&self) -> bool {
+        false
+    }
+
+    /// Continues the work a bounded pass left behind (see
+    /// [`VirtioDevice::has_pending_work`]): one more bounded pass over the queues that had
+    /// chains waiting.
+    fn process_pending_work(&mut self) {}
 }
 
 /// Copies `config[offset..]` into `data`, zero-filling what lies past the end of `config`.

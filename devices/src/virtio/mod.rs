@@ -14,6 +14,7 @@ mod device;
 pub(crate) mod interrupt;
 pub mod mmio;
 pub mod net;
+pub(crate) mod queue;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod vsock;

@@ -191,6 +191,55 @@ impl MockQueue {
     }
 }
 
+/// A driver that refills a ring behind the device's back, as one on another vCPU would while
+/// the device works. Every slot of the available ring names the same chain (see
+/// [`MockQueue::refiller`]), so moving the available index is all a refill takes.
+#[derive(Clone, Debug)]
+pub struct Refiller {
+    mem: Memory,
+    size: u16,
+    avail_idx: GuestAddress,
+    used_idx: GuestAddress,
+}
+
+impl Refiller {
+    /// Makes the chain available once more past the one the device is serving: the
+    /// available index goes two past the used index.
+    pub fn refill(&self) {
+        self.set_ahead_of_used(2);
+    }
+
+    /// Makes the ring as full as the driver may: the available index goes a queue's size past
+    /// the used index.
+    pub fn fill(&self) {
+        self.set_ahead_of_used(self.size);
+    }
+
+    fn set_ahead_of_used(&self, ahead: u16) {
+        let used = u16::from_le(self.mem.read_obj(self.used_idx).expect("used ring"));
+        self.mem
+            .write_obj(used.wrapping_add(ahead).to_le(), self.avail_idx)
+            .expect("avail ring");
+    }
+}
+
+impl MockQueue {
+    /// Puts `head` in every slot of the available ring, so whatever the available index says
+    /// is that chain, and returns a [`Refiller`] that moves the index.
+    pub fn refiller(&self, mem: &Memory, head: u16) -> Refiller {
+        for slot in 0..u64::from(self.size) {
+            let addr = self.avail_ring.unchecked_add(4 + 2 * slot);
+            mem.write_obj(head.to_le(), addr).expect("avail ring");
+        }
+        Refiller {
+            mem: mem.clone(),
+            size: self.size,
+            avail_idx: self.avail_ring.unchecked_add(2),
+            used_idx: self.used_ring.unchecked_add(2),
+        }
+    }
+}
+
 /// Hands out non-overlapping buffers in guest memory, from [`ARENA_START`].
 #[derive(Debug)]
 pub struct Arena {

@@ -5,11 +5,12 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_S_OK,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::Bytes;
 
 use super::request::{self, Request};
 use super::{BlockBackend, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SIZE_MAX};
+use crate::virtio::queue::Pass;
 use crate::virtio::{
     collect_chain, read_config_bytes, ActivateError, Activation, Active, Memory, VirtioDevice,
     VIRTIO_F_VERSION_1,
@@ -32,6 +33,8 @@ pub struct Block {
     pub(super) capacity: u64,
     config: [u8; CONFIG_LEN],
     active: Option<Active>,
+    /// The last pass stopped at its bound with requests still waiting.
+    pending: bool,
 }
 
 /// `struct virtio_blk_config` up to and including `blk_size`.
@@ -62,6 +65,7 @@ impl Block {
             capacity,
             config: config_space(capacity),
             active: None,
+            pending: false,
         }
     }
 
@@ -70,7 +74,8 @@ impl Block {
         self.capacity
     }
 
-    /// Serves every request the driver made available, then interrupts it if it wants.
+    /// Serves the requests the driver made available, at most a queue's worth (see
+    /// [`VirtioDevice::has_pending_work`]), then interrupts the driver if it wants.
     fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
@@ -78,20 +83,9 @@ impl Block {
         let Some(queue) = active.queues.first_mut() else {
             return;
         };
-        let mem = &active.memory;
-        let mut completed = false;
-        loop {
-            let chain = match queue.iter(mem) {
-                Ok(mut available) => available.next(),
-                Err(_) => {
-                    // Avail index further ahead than the queue size: the ring is unusable.
-                    let _ = active.interrupt.signal_needs_reset();
-                    break;
-                }
-            };
-            let Some(chain) = chain else {
-                break;
-            };
+        let (mem, interrupt) = (&active.memory, &active.interrupt);
+        let mut pass = Pass::new(queue);
+        while let Some(chain) = pass.pop(queue, mem, interrupt) {
             let head = chain.head_index();
             let used_len = serve(
                 mem,
@@ -102,19 +96,14 @@ impl Block {
                 self.capacity,
             );
             let used_len = used_len.unwrap_or_else(|| {
-                let _ = active.interrupt.signal_needs_reset();
+                let _ = interrupt.signal_needs_reset();
                 0
             });
-            if queue.add_used(mem, head, used_len).is_err() {
-                let _ = active.interrupt.signal_needs_reset();
+            if !pass.add_used(queue, mem, interrupt, head, used_len) {
                 break;
             }
-            completed = true;
         }
-        if completed && queue.needs_notification(mem).unwrap_or(true) {
-            // A failed interrupt only delays the driver noticing; nothing else to do.
-            let _ = active.interrupt.signal_used_queue();
-        }
+        self.pending = pass.finish(queue, mem, interrupt);
     }
 }
 
@@ -187,6 +176,7 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.active = None;
+        self.pending = false;
     }
 
     fn queues(&self) -> &[Queue] {
@@ -194,6 +184,14 @@ impl VirtioDevice for Block {
     }
 
     fn queue_notify(&mut self, _index: u16) {
+        self.process_queue();
+    }
+
+    fn has_pending_work(&self) -> bool {
+        self.pending
+    }
+
+    fn process_pending_work(&mut self) {
         self.process_queue();
     }
 }

@@ -1,12 +1,16 @@
 //! A hostile driver: each bad chain completes with an error status or marks the device as
 //! needing reset, and a good request afterwards still works.
 
-use virtio_bindings::virtio_blk::*;
-use virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT;
+use std::io;
+use std::sync::{Arc, Mutex};
 
-use super::tests::{expected, harness, Harness};
-use super::QUEUE_SIZE;
-use crate::virtio::testing::{notify, Desc, MEM_SIZE};
+use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::tests::{expected, harness, harness_with, image, Harness};
+use super::{BlockBackend, QUEUE_SIZE, SEG_MAX};
+use crate::virtio::testing::{notify, Desc, Refiller, MEM_SIZE};
 
 const OK: u8 = VIRTIO_BLK_S_OK as u8;
 const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
@@ -258,4 +262,120 @@ fn requests_keep_working_after_many_hostile_chains() {
         h.submit(&descs);
     }
     good_read_still_works(&mut h);
+}
+
+/// A disk that stands for a driver on another vCPU refilling the ring while the device
+/// works: its first `refills` reads each make the request available once more.
+struct RefillingDisk {
+    driver: Arc<Mutex<Option<Refiller>>>,
+    refills: u32,
+}
+
+impl BlockBackend for RefillingDisk {
+    fn size(&self) -> u64 {
+        1 << 20
+    }
+    fn read_at(&mut self, buf: &mut [u8], _offset: u64) -> io::Result<()> {
+        buf.fill(0);
+        if let Some(driver) = self
+            .driver
+            .lock()
+            .unwrap()
+            .as_ref()
+            .filter(|_| self.refills > 0)
+        {
+            self.refills -= 1;
+            driver.refill();
+        }
+        Ok(())
+    }
+    fn write_at(&mut self, _: &[u8], _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn one_notify_serves_at_most_a_queue_of_requests_while_the_driver_refills() {
+    let driver = Arc::new(Mutex::new(None));
+    let refills = 3 * u32::from(QUEUE_SIZE);
+    let disk = RefillingDisk {
+        driver: driver.clone(),
+        refills,
+    };
+    let mut h = harness_with(image(), Box::new(disk), false);
+    let header = h.header(VIRTIO_BLK_T_IN, 0);
+    let data = h.arena.alloc(512);
+    let status = h.status_byte();
+    let head = h.queue.add_chain(
+        &h.mem,
+        &[
+            Desc::readable(header, 16),
+            Desc::writable(data, 512),
+            Desc::writable(status, 1),
+        ],
+    );
+    *driver.lock().unwrap() = Some(h.queue.refiller(&h.mem, head));
+    notify(&mut h.transport, 0);
+    assert_eq!(h.queue.used_idx(&h.mem), QUEUE_SIZE, "one queue's worth");
+    assert!(h.transport.has_pending_work(), "the rest is left for later");
+    h.transport.process_pending_work();
+    assert_eq!(h.queue.used_idx(&h.mem), 2 * QUEUE_SIZE);
+    // Once the driver stops refilling, what it made available is served and no work is left.
+    let mut rounds = 0;
+    while h.transport.has_pending_work() {
+        h.transport.process_pending_work();
+        rounds += 1;
+        assert!(rounds <= 2, "pending work never ends");
+    }
+    assert_eq!(u32::from(h.queue.used_idx(&h.mem)), refills + 1);
+    assert_eq!(h.read_status(status), OK);
+    assert!(!h.needs_reset());
+}
+
+#[test]
+fn a_chain_with_more_than_seg_max_buffers_fails_with_ioerr() {
+    // Indirect descriptors are not offered, but virtio-queue follows them, so a chain can have
+    // more buffers than the queue has entries: header, SEG_MAX + 1 data buffers, status.
+    let submit = |h: &mut Harness, data_buffers: u32| {
+        let header = h.header(VIRTIO_BLK_T_IN, 0);
+        let status = h.status_byte();
+        // One sector in all (2-byte buffers, the last one taking the rest), so only the
+        // buffer count can be wrong.
+        let data = h.arena.alloc(512);
+        let mut descs = vec![Desc::readable(header, 16)];
+        descs.extend((0..data_buffers - 1).map(|i| Desc::writable(data + 2 * u64::from(i), 2)));
+        let rest = 2 * u64::from(data_buffers - 1);
+        descs.push(Desc::writable(data + rest, 512 - rest as u32));
+        descs.push(Desc::writable(status, 1));
+        let table = h.arena.alloc(16 * descs.len() as u64);
+        for (i, desc) in descs.iter().enumerate() {
+            let last = i + 1 == descs.len();
+            let flags = desc.flags & VRING_DESC_F_WRITE as u16
+                | if last { 0 } else { VRING_DESC_F_NEXT as u16 };
+            let mut raw = [0u8; 16];
+            raw[0..8].copy_from_slice(&desc.addr.to_le_bytes());
+            raw[8..12].copy_from_slice(&desc.len.to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..16].copy_from_slice(&(i as u16 + 1).to_le_bytes());
+            h.mem
+                .write_slice(&raw, GuestAddress(table + 16 * i as u64))
+                .unwrap();
+        }
+        let indirect = Desc {
+            addr: table,
+            len: 16 * descs.len() as u32,
+            flags: VRING_DESC_F_INDIRECT as u16,
+            next: 0,
+        };
+        outcome(h, &[indirect], status)
+    };
+    check("SEG_MAX data buffers", Outcome::Status(OK), |h| {
+        submit(h, SEG_MAX)
+    });
+    check("SEG_MAX + 1 data buffers", Outcome::Status(IOERR), |h| {
+        submit(h, SEG_MAX + 1)
+    });
 }

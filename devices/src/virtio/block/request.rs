@@ -8,7 +8,7 @@ use virtio_bindings::virtio_blk::{
 };
 use vm_memory::{Address, Bytes, GuestAddress};
 
-use super::{BlockBackend, ID_BYTES, MAX_REQUEST_BYTES, SECTOR_SIZE};
+use super::{BlockBackend, ID_BYTES, MAX_REQUEST_BYTES, SECTOR_SIZE, SEG_MAX};
 use crate::virtio::chain::{
     read_gathered, segments_in_memory, split_front, split_last_byte, total_len,
 };
@@ -18,6 +18,10 @@ use crate::virtio::{ChainBuffers, Memory, Segment};
 const HEADER_LEN: u64 = 16;
 /// Bytes moved between the disk and guest memory at a time.
 const CHUNK: usize = 64 * 1024;
+/// Most buffers a request may have: [`SEG_MAX`] data buffers, the header and the status.
+/// virtio-queue follows indirect tables although the device does not offer them, so without
+/// this a chain could carry thousands.
+const MAX_SEGMENTS: usize = SEG_MAX as usize + 2;
 
 /// Why a request completed with an error status.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +32,9 @@ pub enum RequestError {
     /// The header or a data buffer is not inside guest memory.
     #[error("request buffer is not inside guest memory")]
     BufferOutsideMemory,
+    /// The chain has more buffers than `seg_max` allows (data buffers, header and status).
+    #[error("request has {0} buffers, at most {MAX_SEGMENTS} allowed")]
+    TooManySegments(usize),
     /// The request type is not one the device implements.
     #[error("unsupported request type {0}")]
     Unsupported(u32),
@@ -102,7 +109,12 @@ pub(super) fn parse(mem: &Memory, buffers: &ChainBuffers, capacity: u64) -> Opti
     ) {
         return None;
     }
-    let command = parse_command(mem, &buffers.readable, writable, capacity);
+    let segments = buffers.readable.len() + buffers.writable.len();
+    let command = if segments > MAX_SEGMENTS {
+        Err(RequestError::TooManySegments(segments))
+    } else {
+        parse_command(mem, &buffers.readable, writable, capacity)
+    };
     Some(Request { status, command })
 }
 

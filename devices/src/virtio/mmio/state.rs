@@ -9,6 +9,9 @@ use super::transport::{
     DRIVER_OK, FAILED, FEATURES_OK, NEEDS_RESET,
 };
 use crate::virtio::interrupt::INTERRUPT_STATUS_MASK;
+
+/// `VIRTIO_RING_F_EVENT_IDX` as a feature mask.
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use crate::virtio::{
     ActivateError, Activation, InterruptLine, Memory, VirtioDevice, VIRTIO_F_VERSION_1,
 };
@@ -74,9 +77,17 @@ pub enum RestoreError {
     /// A queue is ready although the features were never accepted.
     #[error("queue {0} is ready before FEATURES_OK")]
     QueueReadyEarly(usize),
+    /// A queue uses event-index notification, but the driver never accepted
+    /// `VIRTIO_RING_F_EVENT_IDX`.
+    #[error("queue {0} uses event indices, but VIRTIO_RING_F_EVENT_IDX was not negotiated")]
+    EventIdxNotNegotiated(usize),
     /// The status has unknown bits or steps out of order.
     #[error("invalid device status {0:#x}")]
     InvalidStatus(u32),
+    /// The status has both FAILED and DRIVER_OK: the driver gave up on a device that would
+    /// be restarted.
+    #[error("device status {0:#x} has both FAILED and DRIVER_OK")]
+    FailedWhileDriverOk(u32),
     /// The driver features include ones never offered, or lack VERSION_1 after FEATURES_OK.
     #[error("invalid driver features {0:#x}")]
     InvalidFeatures(u64),
@@ -129,7 +140,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
             config_generation: state.config_generation,
         };
         transport.check_features(state.driver_features, status)?;
-        transport.queues = transport.restore_queues(&state.queues, status)?;
+        transport.queues =
+            transport.restore_queues(&state.queues, status, state.driver_features)?;
         if state.interrupt_status & !INTERRUPT_STATUS_MASK != 0 {
             return Err(RestoreError::InvalidInterruptStatus(state.interrupt_status));
         }
@@ -157,6 +169,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &self,
         saved: &[QueueState],
         status: u32,
+        features: u64,
     ) -> Result<Vec<Queue>, RestoreError> {
         let max_sizes = self.device.queue_max_sizes();
         if saved.len() != max_sizes.len() {
@@ -170,7 +183,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
             .iter()
             .zip(fresh)
             .enumerate()
-            .map(|(index, (state, fresh))| self.restore_queue(index, state, &fresh, status))
+            .map(|(index, (state, fresh))| {
+                self.restore_queue(index, state, &fresh, status, features)
+            })
             .collect()
     }
 
@@ -180,6 +195,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         state: &QueueState,
         fresh: &Queue,
         status: u32,
+        features: u64,
     ) -> Result<Queue, RestoreError> {
         if state.max_size != fresh.max_size() {
             return Err(RestoreError::QueueMaxSize {
@@ -193,6 +209,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
         if queue.ready() && status & FEATURES_OK == 0 {
             return Err(RestoreError::QueueReadyEarly(index));
         }
+        if queue.event_idx_enabled() && features & VIRTIO_RING_F_EVENT_IDX == 0 {
+            return Err(RestoreError::EventIdxNotNegotiated(index));
+        }
         if queue.ready() && !queue.is_valid(&self.memory) {
             return Err(RestoreError::QueueOutsideMemory(index));
         }
@@ -201,7 +220,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     fn reactivate(&mut self) -> Result<(), RestoreError> {
         let queues = copy_queues(&self.queues)
-            .map_err(|source| RestoreError::InvalidQueue { index: 0, source })?;
+            .map_err(|(index, source)| RestoreError::InvalidQueue { index, source })?;
         let activation = Activation {
             memory: self.memory.clone(),
             queues,
@@ -213,8 +232,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 }
 
-/// Known bits only, and each initialisation step only after the one before it.
+/// Known bits only, each initialisation step only after the one before it, and never FAILED
+/// together with DRIVER_OK (restoring would restart a device the driver gave up on).
 fn check_status(status: u32) -> Result<(), RestoreError> {
+    if status & (FAILED | DRIVER_OK) == FAILED | DRIVER_OK {
+        return Err(RestoreError::FailedWhileDriverOk(status));
+    }
     let known = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK | NEEDS_RESET | FAILED;
     let ordered = [
         (DRIVER, ACKNOWLEDGE),

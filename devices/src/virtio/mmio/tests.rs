@@ -321,3 +321,36 @@ fn needs_reset_survives_save_and_is_cleared_by_reset() {
     assert_eq!(read_reg(&mut back, STATUS), 0);
     assert_eq!(back.device().resets, 1);
 }
+
+#[test]
+fn restore_rejects_event_idx_that_was_never_negotiated() {
+    let (mut t, mem) = transport();
+    let (q0, q1) = (queue(&mem, 0), queue(&mem, 1));
+    init_device(&mut t, FEATURES, &[&q0, &q1]);
+    let mut state = t.save();
+    state.queues[1].event_idx_enabled = true;
+    let err = MmioTransport::restore(Dummy::default(), mem, counting_interrupt(), &state);
+    assert!(
+        matches!(err, Err(RestoreError::EventIdxNotNegotiated(1))),
+        "{:?}",
+        err.err()
+    );
+}
+
+#[test]
+fn restore_rejects_failed_together_with_driver_ok() {
+    let (mut t, mem) = transport();
+    let q0 = queue(&mem, 0);
+    init_device(&mut t, FEATURES, &[&q0]);
+    let mut state = t.save();
+    state.status |= FAILED;
+    let err = MmioTransport::restore(Dummy::default(), mem.clone(), counting_interrupt(), &state);
+    assert!(
+        matches!(err, Err(RestoreError::FailedWhileDriverOk(s)) if s == UP | FAILED),
+        "{:?}",
+        err.err()
+    );
+    // FAILED before DRIVER_OK is a state a driver can leave a device in, and restores.
+    state.status = ACKNOWLEDGE | DRIVER | FEATURES_OK | FAILED;
+    assert!(MmioTransport::restore(Dummy::default(), mem, counting_interrupt(), &state).is_ok());
+}

@@ -113,6 +113,19 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
+    /// Whether the active device stopped with chains still waiting in a queue; see
+    /// [`VirtioDevice::has_pending_work`] for what the event loop must do about it.
+    pub fn has_pending_work(&self) -> bool {
+        self.is_activated() && self.device.has_pending_work()
+    }
+
+    /// Runs the work the active device left behind ([`VirtioDevice::process_pending_work`]).
+    pub fn process_pending_work(&mut self) {
+        if self.is_activated() {
+            self.device.process_pending_work();
+        }
+    }
+
     /// Every feature the device offers, with `VIRTIO_F_VERSION_1`.
     pub(super) fn device_features(&self) -> u64 {
         self.device.features() | VIRTIO_F_VERSION_1
@@ -174,9 +187,14 @@ pub(super) use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_FEATURES_OK as FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET as NEEDS_RESET,
 };
 
-/// Copies of `queues` (virtio-queue's `Queue` is not `Clone`; its state is).
-pub(super) fn copy_queues(queues: &[Queue]) -> Result<Vec<Queue>, virtio_queue::Error> {
-    queues.iter().map(|q| Queue::try_from(q.state())).collect()
+/// Copies of `queues` (virtio-queue's `Queue` is not `Clone`; its state is). On failure, the
+/// index of the queue that could not be copied and why.
+pub(super) fn copy_queues(queues: &[Queue]) -> Result<Vec<Queue>, (usize, virtio_queue::Error)> {
+    queues
+        .iter()
+        .enumerate()
+        .map(|(index, q)| Queue::try_from(q.state()).map_err(|e| (index, e)))
+        .collect()
 }
 
 /// Fresh queues of the given maximum sizes.

@@ -4,14 +4,15 @@ use std::os::fd::RawFd;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 
 use super::backend::{NetBackend, Recv};
 use super::queue::{read_tx_frame, write_rx_frame, RxError};
 use super::{NetStats, DEFAULT_MAC, MAX_FRAME_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use crate::virtio::queue::Pass;
 use crate::virtio::{
-    collect_chain, read_config_bytes, ActivateError, Activation, Active, Interrupt, Memory,
-    VirtioDevice, VIRTIO_F_VERSION_1,
+    collect_chain, read_config_bytes, ActivateError, Activation, Active, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 
 /// How a device presents itself to the guest.
@@ -50,6 +51,9 @@ pub struct Net {
     active: Option<Active>,
     /// Scratch buffer for transmitted frames, reused across chains.
     tx_buf: Vec<u8>,
+    /// The last pass over a queue stopped at its bound with chains still waiting.
+    more_rx: bool,
+    more_tx: bool,
 }
 
 /// `struct virtio_net_config` up to and including `status`.
@@ -70,6 +74,8 @@ impl Net {
             backend_closed: false,
             active: None,
             tx_buf: Vec::new(),
+            more_rx: false,
+            more_tx: false,
         })
     }
 
@@ -152,20 +158,21 @@ impl Net {
         }
     }
 
-    /// Delivers frames while there are frames and receive buffers.
+    /// Delivers frames while there are frames and receive buffers, taking at most a queue's
+    /// worth of buffers (see [`VirtioDevice::has_pending_work`]).
     fn process_rx(&mut self) {
-        if self.active.is_none() {
+        let Some(active) = self.active.as_ref() else {
             return;
-        }
-        let mut used = false;
+        };
+        let mut pass = Pass::new(&active.queues[usize::from(RX_QUEUE)]);
         while self.fill_pending() {
             let (Some(active), Some(len)) = (self.active.as_mut(), self.pending) else {
                 break;
             };
             let frame = &self.rx_buf[..len];
-            let mem = &active.memory;
+            let (mem, interrupt) = (&active.memory, &active.interrupt);
             let queue = &mut active.queues[usize::from(RX_QUEUE)];
-            let Some(chain) = pop_chain(queue, mem, &active.interrupt) else {
+            let Some(chain) = pass.pop(queue, mem, interrupt) else {
                 break;
             };
             let head = chain.head_index();
@@ -182,7 +189,7 @@ impl Net {
                     // The frame is lost; the chain stays posted for the next one.
                     self.stats.rx_error();
                     self.pending = None;
-                    queue.go_to_previous_position();
+                    pass.put_back(queue);
                     continue;
                 }
                 Err(_) => {
@@ -191,25 +198,23 @@ impl Net {
                     0
                 }
             };
-            if !add_used(queue, mem, &active.interrupt, head, used_len) {
+            if !pass.add_used(queue, mem, interrupt, head, used_len) {
                 break;
             }
-            used = true;
         }
-        if used {
-            self.signal_used(RX_QUEUE);
-        }
+        self.more_rx = self.finish(pass, RX_QUEUE);
     }
 
-    /// Sends every frame the driver made available on the transmit queue.
+    /// Sends the frames the driver made available on the transmit queue, at most a queue's
+    /// worth (see [`VirtioDevice::has_pending_work`]).
     fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let mem = &active.memory;
+        let (mem, interrupt) = (&active.memory, &active.interrupt);
         let queue = &mut active.queues[usize::from(TX_QUEUE)];
-        let mut used = false;
-        while let Some(chain) = pop_chain(queue, mem, &active.interrupt) {
+        let mut pass = Pass::new(queue);
+        while let Some(chain) = pass.pop(queue, mem, interrupt) {
             let head = chain.head_index();
             let frame = collect_chain(chain)
                 .map_err(Into::into)
@@ -221,26 +226,20 @@ impl Net {
                 },
                 Err(_) => self.stats.tx_error(),
             }
-            if !add_used(queue, mem, &active.interrupt, head, 0) {
+            if !pass.add_used(queue, mem, interrupt, head, 0) {
                 break;
             }
-            used = true;
         }
-        if used {
-            self.signal_used(TX_QUEUE);
-        }
+        self.more_tx = self.finish(pass, TX_QUEUE);
     }
 
-    /// Interrupts the driver for `queue` unless it asked not to be.
-    fn signal_used(&mut self, queue: u16) {
+    /// Ends a pass over `queue`; returns whether it left chains waiting.
+    fn finish(&mut self, pass: Pass, queue: u16) -> bool {
         let Some(active) = self.active.as_mut() else {
-            return;
+            return false;
         };
         let queue = &mut active.queues[usize::from(queue)];
-        if queue.needs_notification(&active.memory).unwrap_or(true) {
-            // A failed interrupt only delays the driver noticing; nothing else to do.
-            let _ = active.interrupt.signal_used_queue();
-        }
+        pass.finish(queue, &active.memory, &active.interrupt)
     }
 
     fn config_space(&self) -> [u8; CONFIG_LEN] {
@@ -248,32 +247,6 @@ impl Net {
         config[..6].copy_from_slice(&self.config.mac);
         config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
         config
-    }
-}
-
-/// The next available chain, or `None`; an avail index further ahead than the queue size
-/// makes the ring unusable and the device as needing reset.
-fn pop_chain<'m>(
-    queue: &mut Queue,
-    mem: &'m Memory,
-    interrupt: &Interrupt,
-) -> Option<virtio_queue::DescriptorChain<&'m Memory>> {
-    match queue.iter(mem) {
-        Ok(mut available) => available.next(),
-        Err(_) => {
-            let _ = interrupt.signal_needs_reset();
-            None
-        }
-    }
-}
-
-/// Completes a chain; false (and the device needing reset) if the used ring is unwritable.
-fn add_used(queue: &mut Queue, mem: &Memory, interrupt: &Interrupt, head: u16, len: u32) -> bool {
-    if queue.add_used(mem, head, len).is_ok() {
-        true
-    } else {
-        let _ = interrupt.signal_needs_reset();
-        false
     }
 }
 
@@ -307,6 +280,8 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.active = None;
+        self.more_rx = false;
+        self.more_tx = false;
         if self.pending.take().is_some() {
             self.stats.rx_dropped();
         }
@@ -330,5 +305,18 @@ impl VirtioDevice for Net {
 
     fn process_backend(&mut self) {
         Net::process_backend(self);
+    }
+
+    fn has_pending_work(&self) -> bool {
+        self.active.is_some() && (self.more_rx || self.more_tx)
+    }
+
+    fn process_pending_work(&mut self) {
+        if self.more_tx {
+            self.process_tx();
+        }
+        if self.more_rx {
+            self.process_rx();
+        }
     }
 }

@@ -1,10 +1,9 @@
 //! One chain at a time: reading a transmitted frame out of guest memory, writing a received
 //! frame into it. Every length and address the guest gave is checked before it is used.
 
-use vm_memory::{Address, Bytes, GuestMemoryBackend};
-
 use super::{MAX_FRAME_LEN, NET_HDR_LEN};
-use crate::virtio::{ChainBuffers, ChainError, Memory, Segment};
+use crate::virtio::chain::{read_gathered, segments_in_memory, total_len, SegmentWriter};
+use crate::virtio::{ChainBuffers, ChainError, Memory};
 
 /// Why a transmit chain was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -71,16 +70,12 @@ pub(super) fn read_tx_frame<'a>(
     if total - hdr > MAX_FRAME_LEN as u64 {
         return Err(TxError::FrameTooBig(total - hdr));
     }
-    check_ranges(mem, &buffers.readable).map_err(|()| TxError::OutsideMemory)?;
+    if !segments_in_memory(mem, &buffers.readable) {
+        return Err(TxError::OutsideMemory);
+    }
     // At most NET_HDR_LEN + MAX_FRAME_LEN, checked above.
     buf.resize(total as usize, 0);
-    let mut offset = 0;
-    for seg in &buffers.readable {
-        let end = offset + seg.len as usize;
-        mem.read_slice(&mut buf[offset..end], seg.addr)
-            .map_err(|_| TxError::OutsideMemory)?;
-        offset = end;
-    }
+    read_gathered(mem, &buffers.readable, buf).map_err(|_| TxError::OutsideMemory)?;
     Ok(&buf[NET_HDR_LEN..])
 }
 
@@ -94,7 +89,9 @@ pub(super) fn write_rx_frame(
     if !buffers.readable.is_empty() {
         return Err(RxError::ReadableBuffer);
     }
-    check_ranges(mem, &buffers.writable).map_err(|()| RxError::OutsideMemory)?;
+    if !segments_in_memory(mem, &buffers.writable) {
+        return Err(RxError::OutsideMemory);
+    }
     let needed = (NET_HDR_LEN + frame.len()) as u64;
     let available = total_len(&buffers.writable);
     if available < needed {
@@ -102,66 +99,11 @@ pub(super) fn write_rx_frame(
     }
     let mut header = [0u8; NET_HDR_LEN];
     header[10..12].copy_from_slice(&1u16.to_le_bytes());
-    let mut cursor = Cursor::new(&buffers.writable);
-    cursor.write(mem, &header)?;
-    cursor.write(mem, frame)?;
+    let mut writer = SegmentWriter::new(&buffers.writable);
+    writer
+        .write(mem, &header)
+        .and_then(|()| writer.write(mem, frame))
+        .map_err(|_| RxError::OutsideMemory)?;
     // `needed` is at most NET_HDR_LEN + MAX_FRAME_LEN.
     Ok(needed as u32)
-}
-
-fn total_len(segments: &[Segment]) -> u64 {
-    segments.iter().map(|s| u64::from(s.len)).sum()
-}
-
-fn check_ranges(mem: &Memory, segments: &[Segment]) -> Result<(), ()> {
-    let inside = segments
-        .iter()
-        .all(|s| GuestMemoryBackend::check_range(mem, s.addr, s.len as usize));
-    if inside {
-        Ok(())
-    } else {
-        Err(())
-    }
-}
-
-/// A write position across a chain's writable buffers.
-struct Cursor<'a> {
-    segments: &'a [Segment],
-    /// Bytes already written into `segments[0]`.
-    offset: u32,
-}
-
-impl<'a> Cursor<'a> {
-    fn new(segments: &'a [Segment]) -> Self {
-        Self {
-            segments,
-            offset: 0,
-        }
-    }
-
-    /// Writes all of `data`; the caller made sure the buffers have room for it.
-    fn write(&mut self, mem: &Memory, mut data: &[u8]) -> Result<(), RxError> {
-        while !data.is_empty() {
-            let (seg, rest) = self.segments.split_first().ok_or(RxError::TooSmall {
-                needed: data.len() as u64,
-                available: 0,
-            })?;
-            let room = (seg.len - self.offset) as usize;
-            let n = room.min(data.len());
-            let addr = seg
-                .addr
-                .checked_add(u64::from(self.offset))
-                .ok_or(RxError::OutsideMemory)?;
-            mem.write_slice(&data[..n], addr)
-                .map_err(|_| RxError::OutsideMemory)?;
-            data = &data[n..];
-            if n == room {
-                self.segments = rest;
-                self.offset = 0;
-            } else {
-                self.offset += n as u32;
-            }
-        }
-        Ok(())
-    }
 }

@@ -3,24 +3,25 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
-use super::packet::{Header, Op, HOST_CID, TYPE_STREAM};
+use super::packet::{Header, Op, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 
 /// Receive buffer the host side of every connection advertises to the guest.
 pub const CONN_BUF_ALLOC: u32 = 256 * 1024;
 /// Send a credit update once the host has forwarded this much since the last one it sent.
 const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_ALLOC / 4;
 
-/// Where a connection is in its life.
+/// Where a connection is in its life. How far each side has shut it down is kept apart, in
+/// [`Connection::peer_shutdown`] and [`Connection::host_eof`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnState {
     /// Host-initiated: `REQUEST` sent to the guest, waiting for `RESPONSE`.
     Connecting,
-    /// Data flows both ways.
+    /// Data flows, in each direction until that direction is shut down.
     Established,
-    /// The guest shut its sending side down; flush what it sent, then reset.
-    Closing,
 }
 
 /// A stream connection. `local_port` is the host side's port, `peer_port` the guest's.
@@ -31,6 +32,15 @@ pub struct Connection {
     pub(super) state: ConnState,
     /// The host's socket has more to read than was delivered (edge-triggered readiness).
     pub(super) host_readable: bool,
+    /// The guest's SHUTDOWN flags so far (`SHUTDOWN_RCV`, `SHUTDOWN_SEND`); they accumulate.
+    pub(super) peer_shutdown: u32,
+    /// The host program will send no more: its socket reached end of stream.
+    pub(super) host_eof: bool,
+    /// The host socket's write side was shut (the guest shut SEND and all it sent was written).
+    host_write_shut: bool,
+    /// A CREDIT_UPDATE is owed to the guest (it asked, or much was forwarded since the last).
+    /// One flag, not a queued packet per request, so a guest cannot pile them up.
+    pub(super) credit_update_pending: bool,
     /// The guest's receive buffer size and how much of it the guest has consumed.
     peer_buf_alloc: u32,
     peer_fwd_cnt: u32,
@@ -55,6 +65,10 @@ impl Connection {
             peer_port,
             state,
             host_readable: false,
+            peer_shutdown: 0,
+            host_eof: false,
+            host_write_shut: false,
+            credit_update_pending: false,
             peer_buf_alloc: 0,
             peer_fwd_cnt: 0,
             tx_cnt: 0,
@@ -93,9 +107,11 @@ impl Connection {
         }
     }
 
-    /// Notes that a header carrying the current `fwd_cnt` went to the guest.
+    /// Notes that a header carrying the current `fwd_cnt` went to the guest (which also
+    /// settles a pending credit update).
     pub fn credit_sent(&mut self) {
         self.fwd_cnt_sent = self.fwd_cnt;
+        self.credit_update_pending = false;
     }
 
     /// Whether the guest should be told about freed buffer space.
@@ -150,6 +166,44 @@ impl Connection {
         self.reply.is_empty() && self.to_host.is_empty()
     }
 
+    /// Whether the host socket is hung up both ways (the host program closed it), so it takes
+    /// no more data either. Only meaningful once reading it reached end of stream.
+    pub fn host_hung_up(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid pollfd for an open fd, and the count is 1; a zero timeout
+        // never blocks.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+        ready > 0 && pfd.revents & libc::POLLHUP != 0
+    }
+
+    /// Whether the guest said it will send no more (SHUTDOWN with `SHUTDOWN_SEND`).
+    pub fn guest_send_shut(&self) -> bool {
+        self.peer_shutdown & SHUTDOWN_SEND != 0
+    }
+
+    /// Once the guest shut its sending side and everything it sent reached the host socket,
+    /// shuts the socket's write side, so the host program reads end of stream (and can still
+    /// answer).
+    pub fn shut_host_write_when_flushed(&mut self) -> io::Result<()> {
+        if self.guest_send_shut() && self.flushed() && !self.host_write_shut {
+            self.stream.shutdown(Shutdown::Write)?;
+            self.host_write_shut = true;
+        }
+        Ok(())
+    }
+
+    /// Whether both directions are done, so the connection ends with RST (virtio 1.2
+    /// §5.10.6.5): the guest will send no more and all it sent was written, and either it will
+    /// receive no more or the host has nothing more to send.
+    pub fn finished(&self) -> bool {
+        let guest_done = self.guest_send_shut() && self.flushed();
+        guest_done && (self.peer_shutdown & SHUTDOWN_RCV != 0 || self.host_eof)
+    }
+
     /// Reads up to `buf.len()` bytes (bounded by the guest's credit) from the host socket.
     /// `Ok(None)` when nothing is waiting; `Ok(Some(0))` at end of stream.
     pub fn read_from_host(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
@@ -175,7 +229,11 @@ impl Connection {
 
     /// Whether data from the host could go to the guest now.
     pub fn can_send_to_guest(&self) -> bool {
-        self.state == ConnState::Established && self.host_readable && self.peer_credit() > 0
+        self.state == ConnState::Established
+            && self.peer_shutdown & SHUTDOWN_RCV == 0
+            && !self.host_eof
+            && self.host_readable
+            && self.peer_credit() > 0
     }
 }
 

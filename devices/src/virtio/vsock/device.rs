@@ -3,15 +3,14 @@
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryError};
+use virtio_queue::Queue;
 
 use super::muxer::Muxer;
-use super::packet::{Header, HEADER_LEN, MAX_PAYLOAD};
-use crate::virtio::chain::{read_gathered, total_len};
+use super::packet::{read_packet, PacketError, HEADER_LEN, MAX_PAYLOAD};
+use crate::virtio::chain::{total_len, write_scattered};
+use crate::virtio::queue::{has_available, Pass};
 use crate::virtio::{
-    collect_chain, read_config_bytes, ActivateError, Activation, Active, Memory, Segment,
-    VirtioDevice,
+    collect_chain, read_config_bytes, ActivateError, Activation, Active, VirtioDevice,
 };
 
 /// Virtio device ID of a socket device.
@@ -19,6 +18,9 @@ pub const VSOCK_DEVICE_ID: u32 = 19;
 const QUEUE_SIZES: [u16; 3] = [256; 3];
 const RX: usize = 0;
 const TX: usize = 1;
+const EVENT: usize = 2;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`, the only event: `struct virtio_vsock_event { le32 id }`.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// How a vsock device is set up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +54,14 @@ pub struct Vsock {
     muxer: Muxer,
     active: Option<Active>,
     scratch: Vec<u8>,
+    /// The last pass over the tx or rx queue stopped at its bound with chains waiting.
+    more_tx: bool,
+    more_rx: bool,
+    /// The guest's packets wait in the tx queue because the muxer's control queue is full;
+    /// they are taken again once rx buffers drain it.
+    tx_throttled: bool,
+    /// A restored device owes the driver a `TRANSPORT_RESET` event (see [`Vsock::restore`]).
+    pub(super) transport_reset_pending: bool,
 }
 
 impl Vsock {
@@ -71,6 +81,10 @@ impl Vsock {
             muxer,
             active: None,
             scratch: vec![0; HEADER_LEN + MAX_PAYLOAD],
+            more_tx: false,
+            more_rx: false,
+            tx_throttled: false,
+            transport_reset_pending: false,
         })
     }
 
@@ -84,44 +98,65 @@ impl Vsock {
         self.muxer.connection_count()
     }
 
-    /// Takes packets the guest sent.
+    /// One round of work: the guest's packets (when `tx`), then packets for the guest, then
+    /// the guest's packets that waited for those rx buffers to drain the control queue.
+    fn run(&mut self, tx: bool) {
+        if tx {
+            self.process_tx();
+        }
+        self.fill_rx();
+        if self.tx_throttled && self.muxer.can_take_packet() {
+            self.process_tx();
+            self.fill_rx();
+        }
+    }
+
+    /// Takes packets the guest sent, at most a queue's worth, and only while the muxer can
+    /// take them (see [`Muxer::can_take_packet`]); the rest wait in the tx queue.
     fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let mut used = false;
-        while let Some(chain) = active.queues[TX].pop_descriptor_chain(&active.memory) {
-            let head = chain.head_index();
-            let packet = match collect_chain(chain) {
-                Ok(bufs) => read_packet(&active.memory, &bufs.readable, &mut self.scratch),
-                Err(_) => Err(None),
+        let (mem, interrupt) = (&active.memory, &active.interrupt);
+        let queue = &mut active.queues[TX];
+        let mut pass = Pass::new(queue);
+        while self.muxer.can_take_packet() {
+            let Some(chain) = pass.pop(queue, mem, interrupt) else {
+                break;
             };
-            used = true;
-            // A full used ring only happens with a broken driver; nothing more to do for it.
-            let _ = active.queues[TX].add_used(&active.memory, head, 0);
+            let head = chain.head_index();
+            let packet = collect_chain(chain)
+                .map_err(|_| PacketError::Unreadable)
+                .and_then(|bufs| read_packet(mem, &bufs.readable, &mut self.scratch));
+            let used = pass.add_used(queue, mem, interrupt, head, 0);
             match packet {
                 Ok((header, len)) => {
                     let payload = &self.scratch[HEADER_LEN..HEADER_LEN + len];
                     self.muxer.recv_from_guest(&header, payload);
                 }
                 // The header is readable but its payload is not: the stream has lost data.
-                Err(Some(header)) => self.muxer.reject(&header),
-                Err(None) => {}
+                Err(PacketError::Truncated(header)) => self.muxer.reject(&header),
+                Err(PacketError::Unreadable) => {}
+            }
+            if !used {
+                break;
             }
         }
-        if used {
-            let _ = active.interrupt.signal_used_queue();
-        }
+        self.tx_throttled = !self.muxer.can_take_packet() && has_available(queue, mem);
+        self.more_tx = pass.finish(queue, mem, interrupt);
     }
 
-    /// Fills the guest's rx buffers with packets for it, as long as both last.
+    /// Fills the guest's rx buffers with packets for it, as long as both last and at most a
+    /// queue's worth of buffers.
     fn fill_rx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let mut used = false;
+        let (mem, interrupt) = (&active.memory, &active.interrupt);
+        let queue = &mut active.queues[RX];
+        let mut pass = Pass::new(queue);
         while self.muxer.has_rx() {
-            let Some(chain) = active.queues[RX].pop_descriptor_chain(&active.memory) else {
+            let Some(chain) = pass.pop(queue, mem, interrupt) else {
                 break;
             };
             let head = chain.head_index();
@@ -129,8 +164,9 @@ impl Vsock {
             let room = total_len(&writable);
             if room < HEADER_LEN as u64 {
                 // Unusable buffer: give it back empty.
-                used = true;
-                let _ = active.queues[RX].add_used(&active.memory, head, 0);
+                if !pass.add_used(queue, mem, interrupt, head, 0) {
+                    break;
+                }
                 continue;
             }
             let cap = (room as usize - HEADER_LEN).min(MAX_PAYLOAD);
@@ -138,13 +174,13 @@ impl Vsock {
                 .muxer
                 .next_rx(&mut self.scratch[HEADER_LEN..HEADER_LEN + cap])
             else {
-                active.queues[RX].go_to_previous_position();
+                pass.put_back(queue);
                 break;
             };
             self.scratch[..HEADER_LEN].copy_from_slice(&packet.header.to_bytes());
             let bytes = &self.scratch[..HEADER_LEN + packet.len];
-            used = true;
-            let written = match write_scattered(&active.memory, &writable, bytes) {
+            let written = match write_scattered(mem, &writable, bytes) {
+                // At most HEADER_LEN + MAX_PAYLOAD.
                 Ok(()) => bytes.len() as u32,
                 Err(_) => {
                     // The data left the host socket but cannot reach the guest.
@@ -153,52 +189,44 @@ impl Vsock {
                     0
                 }
             };
-            let _ = active.queues[RX].add_used(&active.memory, head, written);
+            if !pass.add_used(queue, mem, interrupt, head, written) {
+                break;
+            }
         }
-        if used {
-            let _ = active.interrupt.signal_used_queue();
-        }
+        self.more_rx = pass.finish(queue, mem, interrupt);
     }
-}
 
-/// Reads a packet (header, then `header.len` payload bytes) into `buf`. A malformed packet
-/// is `Err` with its header when that much could be read.
-fn read_packet(
-    mem: &Memory,
-    readable: &[Segment],
-    buf: &mut [u8],
-) -> Result<(Header, usize), Option<Header>> {
-    let available = total_len(readable);
-    if available < HEADER_LEN as u64 {
-        return Err(None);
-    }
-    let mut bytes = [0u8; HEADER_LEN];
-    read_gathered(mem, readable, &mut bytes).map_err(|_| None)?;
-    let header = Header::from_bytes(&bytes);
-    let len = header.len as usize;
-    if len > MAX_PAYLOAD || (HEADER_LEN + len) as u64 > available {
-        return Err(Some(header));
-    }
-    read_gathered(mem, readable, &mut buf[..HEADER_LEN + len]).map_err(|_| Some(header))?;
-    Ok((header, len))
-}
-
-/// Writes `data` across `segments` in order (which must hold at least that many bytes).
-fn write_scattered(
-    mem: &Memory,
-    segments: &[Segment],
-    data: &[u8],
-) -> Result<(), GuestMemoryError> {
-    let mut rest = data;
-    for seg in segments {
-        if rest.is_empty() {
-            break;
+    /// Writes the `TRANSPORT_RESET` event a restored device owes into the first usable event
+    /// buffer, and interrupts. Without a buffer yet it waits for the driver to post one.
+    fn send_transport_reset(&mut self) {
+        if !self.transport_reset_pending {
+            return;
         }
-        let n = (seg.len as usize).min(rest.len());
-        mem.write_slice(&rest[..n], seg.addr)?;
-        rest = &rest[n..];
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let (mem, interrupt) = (&active.memory, &active.interrupt);
+        let queue = &mut active.queues[EVENT];
+        let mut pass = Pass::new(queue);
+        while let Some(chain) = pass.pop(queue, mem, interrupt) {
+            let head = chain.head_index();
+            let event = EVENT_TRANSPORT_RESET.to_le_bytes();
+            let written = match collect_chain(chain) {
+                Ok(bufs) if bufs.readable.is_empty() => {
+                    write_scattered(mem, &bufs.writable, &event).map_or(0, |()| event.len() as u32)
+                }
+                // A malformed event buffer goes back empty; the event takes the next one.
+                _ => 0,
+            };
+            if written > 0 {
+                self.transport_reset_pending = false;
+            }
+            if !pass.add_used(queue, mem, interrupt, head, written) || written > 0 {
+                break;
+            }
+        }
+        pass.finish(queue, mem, interrupt);
     }
-    Ok(())
 }
 
 impl VirtioDevice for Vsock {
@@ -222,12 +250,16 @@ impl VirtioDevice for Vsock {
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         self.active = Some(activation.into_active(QUEUE_SIZES.len())?);
+        self.send_transport_reset();
         Ok(())
     }
 
     fn reset(&mut self) {
         self.active = None;
         self.muxer.reset_all();
+        self.more_tx = false;
+        self.more_rx = false;
+        self.tx_throttled = false;
     }
 
     fn queues(&self) -> &[Queue] {
@@ -235,10 +267,10 @@ impl VirtioDevice for Vsock {
     }
 
     fn queue_notify(&mut self, index: u16) {
-        if usize::from(index) == TX {
-            self.process_tx();
+        if usize::from(index) == EVENT {
+            self.send_transport_reset();
         }
-        self.fill_rx();
+        self.run(usize::from(index) == TX);
     }
 
     /// The muxer's inner epoll: readable when a host socket needs attention.
@@ -248,6 +280,15 @@ impl VirtioDevice for Vsock {
 
     fn process_backend(&mut self) {
         self.muxer.process_events();
-        self.fill_rx();
+        self.run(false);
+    }
+
+    fn has_pending_work(&self) -> bool {
+        let tx_can_resume = self.tx_throttled && self.muxer.can_take_packet();
+        self.active.is_some() && (self.more_tx || self.more_rx || tx_can_resume)
+    }
+
+    fn process_pending_work(&mut self) {
+        self.run(self.more_tx);
     }
 }

@@ -21,8 +21,14 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::connection::{ConnState, Connection};
 use super::packet::{Header, Op, HOST_CID, TYPE_STREAM};
 
-/// Most connections (established or handshaking) one device keeps.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// Most connections (established or handshaking) one device keeps. Each holds a host fd, so
+/// this stays well below the usual soft limit of 1024 open files.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Most control packets (answers to the guest's packets, connection requests) that wait for rx
+/// buffers. While this many wait, the device takes no more packets from the guest (they stay
+/// in its tx queue): a guest that posts no rx buffers is throttled, and host memory stays
+/// bounded. Host events add at most a few per connection on top (see [`Muxer::queue_control`]).
+pub const CONTROL_QUEUE_LEN: usize = 256;
 /// Longest `CONNECT <port>\n` line accepted.
 const MAX_HANDSHAKE_LINE: usize = 32;
 /// First port handed to host-initiated connections.
@@ -55,9 +61,12 @@ pub struct Muxer {
     conns: BTreeMap<Key, Connection>,
     /// Where the round-robin over connections with data for the guest resumes.
     cursor: Key,
-    /// Control packets waiting for an rx buffer.
+    /// Control packets waiting for an rx buffer (credit updates are flags on connections).
     control: VecDeque<Header>,
     next_local_port: u32,
+    /// Whether the listener is watched; accepting pauses when `accept` fails (e.g. out of fds)
+    /// and resumes when a connection closes.
+    accepting: bool,
 }
 
 impl Muxer {
@@ -78,8 +87,9 @@ impl Muxer {
             handshakes: HashMap::new(),
             conns: BTreeMap::new(),
             cursor: (0, 0),
-            control: VecDeque::new(),
+            control: VecDeque::with_capacity(CONTROL_QUEUE_LEN),
             next_local_port: FIRST_LOCAL_PORT,
+            accepting: true,
         };
         let fd = muxer.listener.as_raw_fd();
         muxer.watch(fd, EventSet::IN, Target::Listener)?;
@@ -108,6 +118,12 @@ impl Muxer {
     /// Number of connections (established, connecting or closing).
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Whether the muxer can take another packet from the guest: each one adds at most one
+    /// control packet, and those wait until the guest posts rx buffers.
+    pub fn can_take_packet(&self) -> bool {
+        self.control.len() < CONTROL_QUEUE_LEN
     }
 
     fn watch(&mut self, fd: RawFd, events: EventSet, target: Target) -> io::Result<()> {
@@ -164,21 +180,60 @@ impl Muxer {
     }
 
     fn accept_all(&mut self) {
-        while let Ok((stream, _)) = self.listener.accept() {
-            if self.conns.len() + self.handshakes.len() >= MAX_CONNECTIONS
-                || stream.set_nonblocking(true).is_err()
-            {
-                continue;
-            }
-            let fd = stream.as_raw_fd();
-            let handshake = Handshake {
-                stream,
-                line: Vec::new(),
-            };
-            if self.watch(fd, EventSet::IN, Target::Handshake(fd)).is_ok() {
-                self.handshakes.insert(fd, handshake);
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.start_handshake(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // Out of fds (EMFILE) or similar: the connection stays in the backlog and
+                    // the listener stays readable, so retrying now would only spin.
+                    self.pause_accepting();
+                    return;
+                }
             }
         }
+    }
+
+    fn start_handshake(&mut self, stream: UnixStream) {
+        if self.conns.len() + self.handshakes.len() >= MAX_CONNECTIONS
+            || stream.set_nonblocking(true).is_err()
+        {
+            return;
+        }
+        let fd = stream.as_raw_fd();
+        let handshake = Handshake {
+            stream,
+            line: Vec::new(),
+        };
+        if self.watch(fd, EventSet::IN, Target::Handshake(fd)).is_ok() {
+            self.handshakes.insert(fd, handshake);
+        }
+    }
+
+    /// Stops watching the listener until a connection closes ([`Muxer::resume_accepting`]).
+    fn pause_accepting(&mut self) {
+        if self.set_listener_events(EventSet::empty()) {
+            self.accepting = false;
+        }
+    }
+
+    /// Watches the listener again after [`Muxer::pause_accepting`]; connections that waited
+    /// in the backlog are then reported by the epoll.
+    fn resume_accepting(&mut self) {
+        if !self.accepting && self.set_listener_events(EventSet::IN) {
+            self.accepting = true;
+        }
+    }
+
+    fn set_listener_events(&mut self, events: EventSet) -> bool {
+        let fd = self.listener.as_raw_fd();
+        let Some(&token) = self.tokens.get(&fd) else {
+            return false;
+        };
+        self.epoll
+            .ctl(ControlOperation::Modify, fd, EpollEvent::new(events, token))
+            .is_ok()
     }
 
     /// Reads the `CONNECT <port>\n` line one byte at a time, so no stream data is consumed.
@@ -200,8 +255,12 @@ impl Muxer {
         let Some(hs) = self.handshakes.remove(&fd) else {
             return;
         };
-        if let Some(port) = outcome {
-            self.connect_to_guest(hs.stream, port);
+        match outcome {
+            Some(port) => self.connect_to_guest(hs.stream, port),
+            None => {
+                drop(hs);
+                self.resume_accepting();
+            }
         }
     }
 
@@ -215,12 +274,21 @@ impl Muxer {
         }
     }
 
+    /// Asks the guest to accept a host program's connection. Refused (the host sees its
+    /// socket close) while the guest leaves a full control queue unread.
     fn connect_to_guest(&mut self, stream: UnixStream, peer_port: u32) {
+        if !self.can_take_packet() {
+            drop(stream);
+            self.resume_accepting();
+            return;
+        }
         let local_port = self.allocate_local_port(peer_port);
         let key = (local_port, peer_port);
         let conn = Connection::new(stream, local_port, peer_port, ConnState::Connecting);
         if self.add_conn(key, conn).is_ok() {
             self.queue_control(key, Op::Request, 0);
+        } else {
+            self.resume_accepting();
         }
     }
 
@@ -235,6 +303,8 @@ impl Muxer {
     fn remove_conn(&mut self, key: Key) {
         if let Some(conn) = self.conns.remove(&key) {
             self.unwatch(conn.stream.as_raw_fd());
+            drop(conn);
+            self.resume_accepting();
         }
     }
 
@@ -258,22 +328,29 @@ impl Muxer {
         }
     }
 
-    /// Writes what is queued for the host; resets on error, finishes a closing connection.
+    /// Writes what is queued for the host and shuts the socket's write side once the guest
+    /// shut its sending side and all it sent is written. Resets the connection when writing
+    /// fails (the host can take nothing more) and when both directions are done.
     fn flush(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        if conn.flush_to_host().is_err() {
-            self.reset(key);
-            return;
-        }
-        if conn.state == ConnState::Closing && conn.flushed() {
+        let written = conn
+            .flush_to_host()
+            .and_then(|()| conn.shut_host_write_when_flushed());
+        if written.is_err() || conn.finished() {
             self.reset(key);
         } else if conn.wants_credit_update() {
-            self.queue_control(key, Op::CreditUpdate, 0);
+            conn.credit_update_pending = true;
         }
     }
 
+    /// Queues a packet of connection `key` for the guest.
+    ///
+    /// The guest's own packets add at most one each, and [`Muxer::can_take_packet`] stops
+    /// taking them at [`CONTROL_QUEUE_LEN`]. Host events add at most a REQUEST (refused while
+    /// the queue is full), a SHUTDOWN and an RST per connection, and a connection slot is only
+    /// reused after the guest's packets, so the queue stays bounded.
     fn queue_control(&mut self, key: Key, op: Op, flags: u32) {
         if let Some(conn) = self.conns.get_mut(&key) {
             self.control

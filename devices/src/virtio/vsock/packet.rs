@@ -1,4 +1,8 @@
-//! The virtio-vsock packet header (virtio 1.2 §5.10.6), parsed from and written to plain bytes.
+//! The virtio-vsock packet header (virtio 1.2 §5.10.6), parsed from and written to plain bytes,
+//! and reading a whole packet out of a tx chain.
+
+use crate::virtio::chain::{read_gathered, total_len};
+use crate::virtio::{Memory, Segment};
 
 /// Size of the little-endian header that starts every packet.
 pub const HEADER_LEN: usize = 44;
@@ -125,9 +129,51 @@ impl Header {
     }
 }
 
+/// Why a packet the guest sent could not be taken whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    /// Not even the header could be read: the chain is malformed, shorter than a header, or
+    /// outside guest memory. There is nobody to answer.
+    #[error("vsock packet header cannot be read")]
+    Unreadable,
+    /// The header was read but its payload cannot be: longer than [`MAX_PAYLOAD`] or than the
+    /// chain, or outside guest memory. The stream has lost data.
+    #[error("payload of {} bytes announced by the vsock packet header cannot be read", .0.len)]
+    Truncated(Header),
+}
+
+/// Reads a packet (header, then `header.len` payload bytes) from a tx chain's buffers into
+/// `buf`, which must hold `HEADER_LEN + MAX_PAYLOAD` bytes; returns the header and payload
+/// length.
+pub(super) fn read_packet(
+    mem: &Memory,
+    readable: &[Segment],
+    buf: &mut [u8],
+) -> Result<(Header, usize), PacketError> {
+    let available = total_len(readable);
+    if available < HEADER_LEN as u64 {
+        return Err(PacketError::Unreadable);
+    }
+    let mut bytes = [0u8; HEADER_LEN];
+    read_gathered(mem, readable, &mut bytes).map_err(|_| PacketError::Unreadable)?;
+    let header = Header::from_bytes(&bytes);
+    let len = header.len as usize;
+    if len > MAX_PAYLOAD || (HEADER_LEN + len) as u64 > available {
+        return Err(PacketError::Truncated(header));
+    }
+    let packet = buf
+        .get_mut(..HEADER_LEN + len)
+        .ok_or(PacketError::Truncated(header))?;
+    read_gathered(mem, readable, packet).map_err(|_| PacketError::Truncated(header))?;
+    Ok((header, len))
+}
+
 #[cfg(test)]
 mod tests {
+    use vm_memory::{Bytes, GuestAddress};
+
     use super::*;
+    use crate::virtio::testing::guest_memory;
 
     #[test]
     fn header_round_trip_and_layout() {
@@ -151,5 +197,40 @@ mod tests {
         assert_eq!(header.op(), Some(Op::Rw));
         let odd = Header { op: 99, ..header };
         assert_eq!(odd.op(), None);
+    }
+
+    #[test]
+    fn read_packet_reports_unreadable_and_truncated_packets_by_type() {
+        let mem = guest_memory();
+        let header = Header {
+            len: 5,
+            ..Header::from_bytes(&[0; HEADER_LEN])
+        };
+        mem.write_slice(&header.to_bytes(), GuestAddress(0x1000))
+            .unwrap();
+        mem.write_slice(b"hello", GuestAddress(0x2000)).unwrap();
+        let seg = |addr, len| Segment {
+            addr: GuestAddress(addr),
+            len,
+        };
+        let mut buf = vec![0u8; HEADER_LEN + MAX_PAYLOAD];
+        let whole = [seg(0x1000, HEADER_LEN as u32), seg(0x2000, 5)];
+        assert_eq!(read_packet(&mem, &whole, &mut buf), Ok((header, 5)));
+        assert_eq!(&buf[HEADER_LEN..HEADER_LEN + 5], b"hello");
+        let short = [seg(0x1000, 20)];
+        assert_eq!(
+            read_packet(&mem, &short, &mut buf),
+            Err(PacketError::Unreadable)
+        );
+        let outside = [seg(u64::MAX - 100, HEADER_LEN as u32)];
+        assert_eq!(
+            read_packet(&mem, &outside, &mut buf),
+            Err(PacketError::Unreadable)
+        );
+        let no_payload = [seg(0x1000, HEADER_LEN as u32)];
+        assert_eq!(
+            read_packet(&mem, &no_payload, &mut buf),
+            Err(PacketError::Truncated(header))
+        );
     }
 }

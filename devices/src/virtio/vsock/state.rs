@@ -1,9 +1,9 @@
 //! The vsock device's saved state.
 //!
 //! Only the configuration is saved. Open connections are host sockets that cannot be carried
-//! into another process or VM; like Firecracker, a restored device starts with none, and the
-//! guest's sockets are reset (a restored guest is told through the event queue's
-//! `TRANSPORT_RESET`, to be sent by the snapshot work).
+//! into another process or VM; like Firecracker, a restored device starts with none, and tells
+//! the guest so with a `TRANSPORT_RESET` event once it is active again, so the guest drops its
+//! connections (and reads the CID again) instead of waiting on them forever.
 
 use super::device::{Vsock, VsockConfig, VsockError};
 
@@ -22,9 +22,13 @@ impl Vsock {
         }
     }
 
-    /// A device from saved state; the CID is validated and the socket bound again.
+    /// A device from saved state; the CID is validated and the socket bound again. Once the
+    /// transport reactivates it, the device writes a `TRANSPORT_RESET` event into the first
+    /// buffer of the event queue (or the first one the driver posts later) and interrupts.
     pub fn restore(state: &VsockState) -> Result<Self, VsockError> {
-        Self::new(&state.config)
+        let mut vsock = Self::new(&state.config)?;
+        vsock.transport_reset_pending = true;
+        Ok(vsock)
     }
 }
 

@@ -1,18 +1,23 @@
 //! The vsock device behind the real transport, driven by the mock driver: a host connection
 //! through the Unix socket, data both ways, and hostile tx chains.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress};
 
+use super::muxer::CONTROL_QUEUE_LEN;
 use super::packet::{Header, Op, HEADER_LEN};
 use super::test_support::{guest_header, temp_socket, GUEST};
 use super::{Vsock, VsockConfig};
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::testing::{
-    counting_interrupt, guest_memory, init_device, notify, Arena, Desc, MockQueue,
+    counting_interrupt, guest_memory, init_device, notify, Arena, CountingInterrupt, Desc,
+    MockQueue,
 };
 use crate::virtio::{Memory, VirtioDevice, VIRTIO_F_VERSION_1};
 
@@ -21,10 +26,16 @@ struct Rig {
     dev: MmioTransport<Vsock>,
     rx: MockQueue,
     tx: MockQueue,
+    ev: MockQueue,
     arena: Arena,
 }
 
 fn rig(name: &str) -> (Rig, std::path::PathBuf) {
+    rig_with_tx_size(name, 16)
+}
+
+/// A rig whose tx queue has `tx_size` entries (at most 256).
+fn rig_with_tx_size(name: &str, tx_size: u16) -> (Rig, std::path::PathBuf) {
     let path = temp_socket(&format!("dev-{name}"));
     let mem = guest_memory();
     let vsock = Vsock::new(&VsockConfig {
@@ -34,8 +45,8 @@ fn rig(name: &str) -> (Rig, std::path::PathBuf) {
     .unwrap();
     let mut dev = MmioTransport::new(vsock, mem.clone(), counting_interrupt()).unwrap();
     let rx = MockQueue::new(&mem, GuestAddress(0x1000), 16);
-    let tx = MockQueue::new(&mem, GuestAddress(0x4000), 16);
-    let ev = MockQueue::new(&mem, GuestAddress(0x7000), 16);
+    let tx = MockQueue::new(&mem, GuestAddress(0x4000), tx_size);
+    let ev = MockQueue::new(&mem, GuestAddress(0x8000), 16);
     let status = init_device(&mut dev, VIRTIO_F_VERSION_1, &[&rx, &tx, &ev]);
     assert_ne!(status & 4, 0, "DRIVER_OK");
     (
@@ -44,6 +55,7 @@ fn rig(name: &str) -> (Rig, std::path::PathBuf) {
             dev,
             rx,
             tx,
+            ev,
             arena: Arena::default(),
         },
         path,
@@ -72,6 +84,17 @@ impl Rig {
             std::thread::sleep(Duration::from_millis(5));
         }
         panic!("no rx packet");
+    }
+
+    /// Makes a header-only packet available on the tx queue without notifying; returns its
+    /// head.
+    fn queue_tx(&mut self, header: &Header) -> u16 {
+        let h = self.arena.alloc(HEADER_LEN as u64);
+        self.mem
+            .write_slice(&header.to_bytes(), GuestAddress(h))
+            .unwrap();
+        self.tx
+            .add_chain(&self.mem, &[Desc::readable(h, HEADER_LEN as u32)])
     }
 
     /// Sends a packet from the guest: header and payload in separate descriptors.
@@ -188,4 +211,186 @@ fn an_rx_buffer_too_small_for_a_header_is_returned_empty() {
         std::thread::sleep(Duration::from_millis(5));
     }
     panic!("the small buffer was not returned");
+}
+
+#[test]
+fn a_guest_that_posts_no_rx_buffers_is_throttled_not_the_host() {
+    let (mut rig, _) = rig("throttle");
+    // Data for a connection that does not exist: every packet is answered with RST, and the
+    // guest reads none of the answers.
+    let stray = guest_header(Op::Rw, 1, 9, 0);
+    for _ in 0..CONTROL_QUEUE_LEN / 16 {
+        for _ in 0..16 {
+            rig.queue_tx(&stray);
+        }
+        notify(&mut rig.dev, 1);
+        for _ in 0..16 {
+            assert!(rig.tx.next_used(&rig.mem).is_some(), "taken");
+        }
+    }
+    // The answers fill the control queue: further packets stay in the tx queue.
+    for _ in 0..16 {
+        rig.queue_tx(&stray);
+    }
+    notify(&mut rig.dev, 1);
+    assert_eq!(rig.tx.next_used(&rig.mem), None, "the guest is throttled");
+    assert!(!rig.dev.has_pending_work());
+    // Rx buffers drain the answers, and the packets that waited are taken and answered too.
+    let mut buffers = HashMap::new();
+    let mut rsts = 0;
+    let mut waiting_taken = 0;
+    for _ in 0..CONTROL_QUEUE_LEN / 16 + 1 {
+        for _ in 0..16 {
+            let addr = rig.arena.alloc(64);
+            buffers.insert(
+                rig.rx.add_chain(&rig.mem, &[Desc::writable(addr, 64)]),
+                addr,
+            );
+        }
+        notify(&mut rig.dev, 0);
+        while let Some((head, len)) = rig.rx.next_used(&rig.mem) {
+            assert_eq!(len, HEADER_LEN as u32);
+            let mut bytes = [0u8; HEADER_LEN];
+            let addr = buffers[&(head as u16)];
+            rig.mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
+            assert_eq!(Header::from_bytes(&bytes).op(), Some(Op::Rst));
+            rsts += 1;
+        }
+        while rig.tx.next_used(&rig.mem).is_some() {
+            waiting_taken += 1;
+        }
+    }
+    assert_eq!(waiting_taken, 16);
+    assert_eq!(rsts, CONTROL_QUEUE_LEN + 16);
+    assert!(!rig.dev.interrupt().needs_reset());
+}
+
+#[test]
+fn one_tx_notify_takes_at_most_a_queue_of_packets_while_the_driver_refills() {
+    let (mut rig, _) = rig_with_tx_size("refill", 256);
+    // An RST for no connection: taken and dropped, no answer.
+    let head = rig.queue_tx(&guest_header(Op::Rst, 1, 9, 0));
+    let refiller = rig.tx.refiller(&rig.mem, head);
+    refiller.fill();
+    // A driver on another vCPU keeps the ring full while the device works. (Whether it
+    // refills during the pass depends on scheduling; the bound holds either way.)
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = Arc::new(AtomicBool::new(false));
+    let driver = {
+        let (stop, running) = (stop.clone(), running.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                refiller.fill();
+                running.store(true, Ordering::SeqCst);
+            }
+        })
+    };
+    while !running.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    notify(&mut rig.dev, 1);
+    stop.store(true, Ordering::SeqCst);
+    driver.join().unwrap();
+    // The chains available from the start are taken, and no more, however fast the driver
+    // refills.
+    assert_eq!(rig.tx.used_idx(&rig.mem), rig.tx.size, "one queue's worth");
+    // What the driver refilled is taken on its next notification, or as pending work.
+    notify(&mut rig.dev, 1);
+    let mut rounds = 0;
+    while rig.dev.has_pending_work() {
+        rig.dev.process_pending_work();
+        rounds += 1;
+        assert!(rounds < 4, "pending work never ends");
+    }
+    let avail: u16 = rig
+        .mem
+        .read_obj(rig.tx.avail_ring.unchecked_add(2))
+        .unwrap();
+    assert_eq!(
+        rig.tx.used_idx(&rig.mem),
+        avail,
+        "everything made available was taken"
+    );
+    assert!(!rig.dev.interrupt().needs_reset());
+}
+
+#[test]
+fn an_unusable_tx_ring_marks_the_device_as_needing_reset() {
+    let (mut rig, _) = rig("bad-avail");
+    rig.tx.set_avail_idx(&rig.mem, rig.tx.size + 1);
+    notify(&mut rig.dev, 1);
+    assert!(rig.dev.interrupt().needs_reset());
+    assert_eq!(rig.tx.used_idx(&rig.mem), 0);
+}
+
+/// The rig's device saved and restored the way a snapshot does, its queues (and the buffers
+/// posted on them) as they were; returns the rig around the restored device and its line.
+fn restore(rig: Rig, path: &std::path::Path) -> (Rig, Arc<CountingInterrupt>) {
+    let transport = rig.dev.save();
+    let device = rig.dev.device().save();
+    assert_eq!(device.config.uds_path, path);
+    drop(rig.dev);
+    let line = counting_interrupt();
+    let vsock = Vsock::restore(&device).unwrap();
+    let dev = MmioTransport::restore(vsock, rig.mem.clone(), line.clone(), &transport).unwrap();
+    assert!(dev.is_activated());
+    let rig = Rig {
+        mem: rig.mem,
+        dev,
+        rx: rig.rx,
+        tx: rig.tx,
+        ev: rig.ev,
+        arena: rig.arena,
+    };
+    (rig, line)
+}
+
+impl Rig {
+    /// Posts an event buffer of `len` bytes, preset to all ones so a written id shows, without
+    /// notifying; returns its address.
+    fn post_event_buffer(&mut self, len: u32) -> u64 {
+        let addr = self.arena.alloc(u64::from(len));
+        self.mem
+            .write_slice(&vec![0xff; len as usize], GuestAddress(addr))
+            .unwrap();
+        self.ev.add_chain(&self.mem, &[Desc::writable(addr, len)]);
+        addr
+    }
+
+    /// The event the device returned in the buffer at `addr`: (length written, id).
+    fn event(&mut self, addr: u64) -> Option<(u32, u32)> {
+        let (_, len) = self.ev.next_used(&self.mem)?;
+        Some((len, self.mem.read_obj(GuestAddress(addr)).unwrap()))
+    }
+}
+
+#[test]
+fn a_restored_device_sends_transport_reset_on_its_event_queue() {
+    let (mut rig, path) = rig("transport-reset");
+    // 8-byte event buffers, like the guest agent's (Linux posts 4-byte ones).
+    let addr = rig.post_event_buffer(8);
+    notify(&mut rig.dev, 2);
+    assert_eq!(rig.event(addr), None, "a live device sends no event");
+    let (mut rig, line) = restore(rig, &path);
+    // VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: `struct virtio_vsock_event { le32 id }`, id 0.
+    assert_eq!(rig.event(addr), Some((4, 0)));
+    let rest: u32 = rig.mem.read_obj(GuestAddress(addr + 4)).unwrap();
+    assert_eq!(rest, u32::MAX, "only the 4-byte event is written");
+    assert_eq!(line.count(), 1, "the driver is interrupted");
+    assert_eq!(rig.dev.device().connection_count(), 0);
+}
+
+#[test]
+fn a_restored_device_without_event_buffers_sends_the_reset_when_one_is_posted() {
+    let (rig, path) = rig("transport-reset-late");
+    let (mut rig, line) = restore(rig, &path);
+    assert_eq!(line.count(), 0, "no buffer, no event yet");
+    let addr = rig.post_event_buffer(4);
+    notify(&mut rig.dev, 2);
+    assert_eq!(rig.event(addr), Some((4, 0)));
+    assert_eq!(line.count(), 1);
+    // Only once.
+    let addr = rig.post_event_buffer(4);
+    notify(&mut rig.dev, 2);
+    assert_eq!(rig.event(addr), None);
 }

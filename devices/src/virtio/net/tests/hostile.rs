@@ -2,7 +2,7 @@
 //! keeps serving the well-formed chains that follow.
 
 use super::*;
-use crate::virtio::testing::MEM_SIZE;
+use crate::virtio::testing::{Refiller, MEM_SIZE};
 
 /// Transmits `descs`, then a good frame, and checks that only the good frame arrives and the
 /// bad chain was completed and counted.
@@ -135,4 +135,112 @@ fn an_rx_chain_too_small_for_even_the_header_keeps_the_device_working() {
     assert_eq!(fx.stats.snapshot().rx_errors, 3, "every frame is dropped");
     assert_eq!(fx.rx.next_used(&fx.mem), None);
     let _ = bad;
+}
+
+/// A backend standing for a driver on another vCPU refilling a ring while the device works:
+/// each of its first `refills` frames sent or received makes the chain available once more,
+/// and `frames` frames wait to be received.
+struct RefillingBackend {
+    driver: Arc<std::sync::Mutex<Option<Refiller>>>,
+    refills: u32,
+    frames: u32,
+    fd: vmm_sys_util::eventfd::EventFd,
+}
+
+impl RefillingBackend {
+    fn refill(&mut self) {
+        if let Some(driver) = self
+            .driver
+            .lock()
+            .unwrap()
+            .as_ref()
+            .filter(|_| self.refills > 0)
+        {
+            self.refills -= 1;
+            driver.refill();
+        }
+    }
+}
+
+impl NetBackend for RefillingBackend {
+    fn send(&mut self, _frame: &[u8]) -> std::io::Result<()> {
+        self.refill();
+        Ok(())
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<Recv> {
+        if self.frames == 0 {
+            return Ok(Recv::Empty);
+        }
+        self.frames -= 1;
+        self.refill();
+        let f = frame(60, 1);
+        buf[..f.len()].copy_from_slice(&f);
+        Ok(Recv::Frame(f.len()))
+    }
+
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+}
+
+/// A fixture whose backend refills a ring `refills` times and has `frames` frames to receive;
+/// the returned cell takes the [`Refiller`] once the chain to repeat is known.
+fn refilling_fixture(
+    refills: u32,
+    frames: u32,
+) -> (Fixture, Arc<std::sync::Mutex<Option<Refiller>>>) {
+    let driver = Arc::new(std::sync::Mutex::new(None));
+    let backend = RefillingBackend {
+        driver: driver.clone(),
+        refills,
+        frames,
+        fd: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
+    };
+    let (_, host) = PacketBackend::pair().unwrap();
+    let net = Net::new(NetConfig::default(), Box::new(backend)).unwrap();
+    (Fixture::with_device(net, host), driver)
+}
+
+/// Runs the device's pending work until there is none; returns how many rounds it took.
+fn drain_pending_work(fx: &mut Fixture) -> u32 {
+    let mut rounds = 0;
+    while fx.transport.has_pending_work() {
+        fx.transport.process_pending_work();
+        rounds += 1;
+        assert!(rounds < 10, "pending work never ends");
+    }
+    rounds
+}
+
+#[test]
+fn one_tx_notify_sends_at_most_a_queue_of_frames_while_the_driver_refills() {
+    let refills = 3 * 16;
+    let (mut fx, driver) = refilling_fixture(refills, 0);
+    let (hdr, data) = fx.place_tx(&frame(60, 3));
+    let descs = [Desc::readable(hdr, 12), Desc::readable(data, 60)];
+    let head = fx.tx.add_chain(&fx.mem, &descs);
+    *driver.lock().unwrap() = Some(fx.tx.refiller(&fx.mem, head));
+    notify(&mut fx.transport, TX_QUEUE.into());
+    assert_eq!(fx.tx.used_idx(&fx.mem), 16, "one queue's worth");
+    assert!(fx.transport.has_pending_work());
+    assert_eq!(drain_pending_work(&mut fx), 3);
+    assert_eq!(u32::from(fx.tx.used_idx(&fx.mem)), refills + 1);
+    assert_eq!(fx.stats.snapshot().tx_frames, u64::from(refills + 1));
+}
+
+#[test]
+fn one_rx_pass_fills_at_most_a_queue_of_buffers_while_the_driver_refills() {
+    let refills = 3 * 16;
+    let (mut fx, driver) = refilling_fixture(refills, refills + 1);
+    let addr = fx.arena.alloc(128);
+    let head = fx.rx.add_chain(&fx.mem, &[Desc::writable(addr, 128)]);
+    *driver.lock().unwrap() = Some(fx.rx.refiller(&fx.mem, head));
+    notify(&mut fx.transport, RX_QUEUE.into());
+    assert_eq!(fx.rx.used_idx(&fx.mem), 16, "one queue's worth");
+    assert!(fx.transport.has_pending_work());
+    assert_eq!(drain_pending_work(&mut fx), 3);
+    assert_eq!(u32::from(fx.rx.used_idx(&fx.mem)), refills + 1);
+    assert_eq!(fx.stats.snapshot().rx_frames, u64::from(refills + 1));
 }

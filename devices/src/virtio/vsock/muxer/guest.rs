@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use super::super::connection::{ConnState, Connection};
-use super::super::packet::{Header, Op, HOST_CID, SHUTDOWN_SEND, TYPE_STREAM};
+use super::super::packet::{Header, Op, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{Key, Muxer, MAX_CONNECTIONS};
 
 impl Muxer {
@@ -40,7 +40,7 @@ impl Muxer {
         match op {
             Op::Response => self.guest_accepted(key),
             Op::Rw => self.guest_data(key, payload),
-            Op::CreditRequest => self.queue_control(key, Op::CreditUpdate, 0),
+            Op::CreditRequest => conn.credit_update_pending = true,
             Op::CreditUpdate => {}
             Op::Shutdown => self.guest_shutdown(key, header.flags),
             Op::Rst => self.remove_conn(key),
@@ -112,22 +112,27 @@ impl Muxer {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        if conn.state != ConnState::Established || conn.push_to_host(payload).is_err() {
+        // Data after the guest's own SHUTDOWN(SEND) breaks the protocol, like a credit overrun.
+        if conn.state != ConnState::Established
+            || conn.guest_send_shut()
+            || conn.push_to_host(payload).is_err()
+        {
             self.reset(key);
             return;
         }
         self.flush(key);
     }
 
+    /// The guest shuts one or both directions down (flags accumulate). After SEND, what it sent
+    /// is written and then the host socket's write side is shut, while data from the host
+    /// still flows to the guest; the connection is reset once both directions are done
+    /// (see [`Muxer::flush`]).
     fn guest_shutdown(&mut self, key: Key, flags: u32) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        if flags & SHUTDOWN_SEND != 0 {
-            // Deliver what the guest sent, then reset (the spec's answer to a full shutdown).
-            conn.state = ConnState::Closing;
-            self.flush(key);
-        }
+        conn.peer_shutdown |= flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
+        self.flush(key);
     }
 }
 

@@ -15,14 +15,25 @@ pub struct RxPacket {
 }
 
 impl Muxer {
-    /// Whether a packet for the guest may be waiting (control packets or readable sockets).
+    /// Whether a packet for the guest may be waiting (control packets, credit updates or
+    /// readable sockets).
     pub fn has_rx(&self) -> bool {
-        !self.control.is_empty() || self.conns.values().any(|c| c.can_send_to_guest())
+        !self.control.is_empty()
+            || self
+                .conns
+                .values()
+                .any(|c| c.credit_update_pending || c.can_send_to_guest())
     }
 
-    /// The next packet for the guest, with up to `buf.len()` payload bytes read into `buf`.
+    /// The next packet for the guest, with up to `buf.len()` payload bytes read into `buf`:
+    /// queued control packets first, then owed credit updates, then data.
     pub fn next_rx(&mut self, buf: &mut [u8]) -> Option<RxPacket> {
         if let Some(header) = self.control.pop_front() {
+            return Some(RxPacket { header, len: 0 });
+        }
+        if let Some(conn) = self.conns.values_mut().find(|c| c.credit_update_pending) {
+            let header = conn.header(self.guest_cid, Op::CreditUpdate, 0, 0);
+            conn.credit_sent();
             return Some(RxPacket { header, len: 0 });
         }
         if buf.is_empty() {
@@ -53,9 +64,18 @@ impl Muxer {
         let conn = self.conns.get_mut(&key)?;
         match conn.read_from_host(buf) {
             Ok(Some(0)) => {
-                // The host program closed its end: the guest will get no more data.
+                // The host program will send no more. The guest may still send (SHUTDOWN with
+                // SEND only), unless the host closed its socket altogether (both flags), or
+                // the guest already shut its side too: then the connection is done.
                 conn.host_readable = false;
-                self.queue_control(key, Op::Shutdown, SHUTDOWN_RCV | SHUTDOWN_SEND);
+                conn.host_eof = true;
+                if conn.finished() {
+                    self.reset(key);
+                } else if conn.host_hung_up() {
+                    self.queue_control(key, Op::Shutdown, SHUTDOWN_RCV | SHUTDOWN_SEND);
+                } else {
+                    self.queue_control(key, Op::Shutdown, SHUTDOWN_SEND);
+                }
                 self.control
                     .pop_back()
                     .map(|header| RxPacket { header, len: 0 })
