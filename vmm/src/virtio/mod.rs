@@ -91,8 +91,9 @@ impl VirtioDevices {
                 len: MMIO_LEN,
             },
         )?;
+        let subscriber = DeviceSubscriber::new(transport.clone(), notify);
         self.subscribers
-            .push(Box::new(DeviceSubscriber::new(transport.clone(), notify)));
+            .push(Box::new(subscriber.map_err(VirtioError::EventFd)?));
         self.cmdline.push(cmdline_entry(self.count));
         self.count += 1;
         Ok(transport)
