@@ -5,6 +5,7 @@ mod connection;
 mod device;
 mod muxer;
 mod packet;
+mod socket_file;
 mod state;
 
 pub use connection::CONN_BUF_ALLOC;

@@ -20,6 +20,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::connection::{ConnState, Connection};
 use super::packet::{Header, Op, HOST_CID, TYPE_STREAM};
+use super::socket_file::SocketFile;
 
 /// Most connections (established or handshaking) one device keeps. Each holds a host fd, so
 /// this stays well below the usual soft limit of 1024 open files.
@@ -52,6 +53,8 @@ struct Handshake {
 pub struct Muxer {
     guest_cid: u64,
     uds_path: PathBuf,
+    /// Removes the listening socket's file when the muxer goes, if it is still ours.
+    _socket_file: SocketFile,
     listener: UnixListener,
     epoll: Epoll,
     targets: HashMap<u64, Target>,
@@ -73,12 +76,11 @@ impl Muxer {
     /// Listens at `uds_path` for host connections to guest `guest_cid`. A stale socket file
     /// there is replaced; any other file is an error.
     pub fn new(guest_cid: u64, uds_path: &Path) -> io::Result<Self> {
-        remove_stale_socket(uds_path)?;
-        let listener = UnixListener::bind(uds_path)?;
-        listener.set_nonblocking(true)?;
+        let (listener, socket_file) = SocketFile::bind(uds_path)?;
         let mut muxer = Self {
             guest_cid,
             uds_path: uds_path.to_path_buf(),
+            _socket_file: socket_file,
             listener,
             epoll: Epoll::new()?,
             targets: HashMap::new(),
@@ -320,7 +322,14 @@ impl Muxer {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        if set.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP) {
+        let hung_up = set.intersects(EventSet::READ_HANG_UP | EventSet::HANG_UP);
+        if hung_up && conn.state == ConnState::Connecting {
+            // The host program gave up before the guest answered: drop the half-made
+            // connection (and tell the guest) rather than keep it until the guest replies.
+            self.reset(key);
+            return;
+        }
+        if hung_up || set.contains(EventSet::IN) {
             conn.host_readable = true;
         }
         if set.contains(EventSet::OUT) {
@@ -379,26 +388,6 @@ fn parse_connect(line: &[u8]) -> Option<u32> {
     let line = std::str::from_utf8(line).ok()?;
     let port = line.trim_end_matches('\r').strip_prefix("CONNECT ")?;
     port.trim().parse().ok()
-}
-
-fn remove_stale_socket(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a socket", path.display()),
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-impl Drop for Muxer {
-    fn drop(&mut self) {
-        // Best effort: leave no socket file behind.
-        let _ = std::fs::remove_file(&self.uds_path);
-    }
 }
 
 mod guest;

@@ -406,3 +406,19 @@ fn accept_failing_with_emfile_pauses_accepting_until_a_connection_closes() {
     // the listener stays paused until the next connection closes.
     assert!(!muxer.accepting);
 }
+
+#[test]
+fn a_host_that_gives_up_before_the_guest_answers_leaves_nothing_behind() {
+    let path = temp_socket("gives-up");
+    let mut muxer = Muxer::new(GUEST, &path).unwrap();
+    let mut host = UnixStream::connect(&path).unwrap();
+    host.write_all(b"CONNECT 1024\n").unwrap();
+    let mut buf = vec![0u8; 4096];
+    let request = next(&mut muxer, &mut buf).header;
+    assert_eq!(request.op(), Some(Op::Request));
+    assert_eq!(muxer.connection_count(), 1);
+    drop(host);
+    // The guest learns the request is void, and the half-made connection is gone.
+    assert_eq!(next(&mut muxer, &mut buf).header.op(), Some(Op::Rst));
+    assert_eq!(muxer.connection_count(), 0);
+}
