@@ -8,15 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::{agent_vm, AgentOpts};
 
-/// A broadcast Ethernet frame with the local-experimental EtherType 0x88b5.
-fn frame(len: usize, fill: u8) -> Vec<u8> {
-    let mut frame = vec![0xff; 6];
-    frame.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, 0x00, 0x01]);
-    frame.extend_from_slice(&[0x88, 0xb5]);
-    frame.extend((0..len - 14).map(|i| fill ^ i as u8));
-    frame
-}
-
 #[test]
 fn frames_cross_the_in_process_backend_both_ways() {
     let mut guest = agent_vm(
@@ -29,18 +20,12 @@ fn frames_cross_the_in_process_backend_both_ways() {
     let endpoint = guest.endpoint.take().unwrap();
     let mut agent = guest.vm.agent().unwrap();
 
-    let out = frame(100, 0x11);
-    agent.net_send(&out).unwrap();
-    let mut buf = vec![0u8; 2048];
-    let len = endpoint
-        .recv(&mut buf, Duration::from_secs(10))
-        .unwrap()
-        .expect("the guest's frame arrives");
-    assert_eq!(&buf[..len], &out[..]);
-
-    let inbound = frame(1514, 0x22);
-    endpoint.send(&inbound).unwrap();
-    assert_eq!(agent.net_recv(10_000).unwrap(), Some(inbound));
+    common::exchange_frames(
+        &mut agent,
+        &endpoint,
+        &common::frame(100, 0x11),
+        &common::frame(1514, 0x22),
+    );
     // Nothing more is waiting.
     assert_eq!(agent.net_recv(50).unwrap(), None);
 
@@ -80,7 +65,7 @@ fn tap_round_trip() {
 
     // Guest to host: the frame is received by the TAP interface.
     let before = rx_packets(tap);
-    agent.net_send(&frame(64, 0x33)).unwrap();
+    agent.net_send(&common::frame(64, 0x33)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while rx_packets(tap) == before {
         assert!(

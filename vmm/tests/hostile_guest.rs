@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{agent_vm, disk_image, AgentOpts};
 use zygote::BlockConfig;
 use zygote_guest::proto::{HostileBlk, HostileOutcome, HostileVsock};
@@ -15,15 +13,6 @@ use zygote_guest::Workload;
 
 const SECTOR: usize = 512;
 const DISK_BYTES: usize = 1 << 20;
-
-/// A broadcast Ethernet frame with the local-experimental EtherType 0x88b5.
-fn frame(len: usize, fill: u8) -> Vec<u8> {
-    let mut frame = vec![0xff; 6];
-    frame.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, 0x00, 0x01]);
-    frame.extend_from_slice(&[0x88, 0xb5]);
-    frame.extend((0..len - 14).map(|i| fill ^ i as u8));
-    frame
-}
 
 #[test]
 fn a_hostile_guest_gets_errors_and_every_device_keeps_working() {
@@ -77,17 +66,12 @@ fn a_hostile_guest_gets_errors_and_every_device_keeps_working() {
     agent.disk_write(8, &data).unwrap();
     agent.disk_flush().unwrap();
     assert_eq!(agent.disk_read(8, 4).unwrap(), data);
-    let out = frame(100, 0x33);
-    agent.net_send(&out).unwrap();
-    let mut buf = vec![0u8; 2048];
-    let len = endpoint
-        .recv(&mut buf, Duration::from_secs(10))
-        .unwrap()
-        .expect("the guest's frame arrives");
-    assert_eq!(&buf[..len], &out[..]);
-    let inbound = frame(60, 0x44);
-    endpoint.send(&inbound).unwrap();
-    assert_eq!(agent.net_recv(10_000).unwrap(), Some(inbound));
+    common::exchange_frames(
+        &mut agent,
+        &endpoint,
+        &common::frame(100, 0x33),
+        &common::frame(60, 0x44),
+    );
     guest.vm.shutdown().unwrap();
 
     let after = std::fs::read(&image).unwrap();

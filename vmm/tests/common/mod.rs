@@ -120,3 +120,31 @@ pub fn disk_image(name: &str, len: usize) -> std::path::PathBuf {
     std::fs::write(&path, bytes).expect("write the disk image");
     path
 }
+
+/// A broadcast Ethernet frame of `len` bytes with the local-experimental EtherType 0x88b5.
+pub fn frame(len: usize, fill: u8) -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    frame.extend_from_slice(&[0x88, 0xb5]);
+    frame.extend((0..len - 14).map(|i| fill ^ i as u8));
+    frame
+}
+
+/// Has the guest send a frame to the host and the host one to the guest, through the packet
+/// NIC, and checks both arrive intact.
+pub fn exchange_frames(
+    agent: &mut zygote::agent::AgentClient,
+    endpoint: &zygote::PacketEndpoint,
+    out: &[u8],
+    inbound: &[u8],
+) {
+    agent.net_send(out).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let len = endpoint
+        .recv(&mut buf, Duration::from_secs(10))
+        .unwrap()
+        .expect("the guest's frame arrives");
+    assert_eq!(&buf[..len], out);
+    endpoint.send(inbound).unwrap();
+    assert_eq!(agent.net_recv(10_000).unwrap().as_deref(), Some(inbound));
+}
