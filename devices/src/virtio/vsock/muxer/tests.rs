@@ -58,9 +58,7 @@ fn host_initiated_connection_handshake_and_data_both_ways() {
 fn guest_initiated_connection_reaches_the_port_socket() {
     let path = temp_socket("guest-init");
     let mut muxer = Muxer::new(GUEST, &path).unwrap();
-    let port_path = format!("{}_5000", path.display());
-    let _ = std::fs::remove_file(&port_path);
-    let listener = UnixListener::bind(&port_path).unwrap();
+    let (listener, port_path) = port_listener(&path, 5000);
     muxer.recv_from_guest(&guest_header(Op::Request, 777, 5000, 0), &[]);
     let mut buf = vec![0u8; 4096];
     assert_eq!(next(&mut muxer, &mut buf).header.op(), Some(Op::Response));
@@ -131,10 +129,8 @@ fn a_garbled_handshake_is_closed() {
 fn a_full_listener_backlog_refuses_instead_of_blocking() {
     let path = temp_socket("backlog");
     let mut muxer = Muxer::new(GUEST, &path).unwrap();
-    let port_path = format!("{}_6000", path.display());
-    let _ = std::fs::remove_file(&port_path);
     // A listener that never accepts: its backlog fills after a few connections.
-    let _listener = UnixListener::bind(&port_path).unwrap();
+    let (_listener, port_path) = port_listener(&path, 6000);
     let mut buf = vec![0u8; 4096];
     let mut refused = false;
     for guest_port in 0..4096 {
@@ -149,12 +145,17 @@ fn a_full_listener_backlog_refuses_instead_of_blocking() {
     let _ = std::fs::remove_file(&port_path);
 }
 
+/// A host program listening on host port `port` of the device at `path` (`<path>_<port>`).
+fn port_listener(path: &Path, port: u32) -> (UnixListener, String) {
+    let port_path = format!("{}_{port}", path.display());
+    let _ = std::fs::remove_file(&port_path);
+    (UnixListener::bind(&port_path).unwrap(), port_path)
+}
+
 /// A guest connection from guest port `guest_port` to host port `port`, whose listener accepted
 /// it; returns the host's end. The muxer's RESPONSE has been taken.
 fn guest_connection(muxer: &mut Muxer, path: &Path, guest_port: u32, port: u32) -> UnixStream {
-    let port_path = format!("{}_{port}", path.display());
-    let _ = std::fs::remove_file(&port_path);
-    let listener = UnixListener::bind(&port_path).unwrap();
+    let (listener, port_path) = port_listener(path, port);
     muxer.recv_from_guest(&guest_header(Op::Request, guest_port, port, 0), &[]);
     let mut buf = [0u8; 64];
     assert_eq!(next(muxer, &mut buf).header.op(), Some(Op::Response));
