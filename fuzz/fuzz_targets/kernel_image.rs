@@ -18,6 +18,7 @@ fuzz_target!(|image: &[u8]| {
     let _ = zygote::boot::load(
         ram.memory(),
         ram.size(),
+        1,
         &mut Cursor::new(image),
         "console=ttyS0",
         None,

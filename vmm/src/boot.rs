@@ -10,6 +10,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile};
 
 use crate::arch::boot_params::{self, BootInputs, BootParamsError};
 use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MMIO_GAP_START};
+use crate::arch::mptable::{self, MpTableError};
 
 const PAGE_SIZE: u64 = 4096;
 
@@ -40,15 +41,20 @@ pub enum BootError {
     /// The zero page could not be built or written.
     #[error(transparent)]
     BootParams(#[from] BootParamsError),
+    /// The MP table describing the vCPUs and the I/O APIC could not be written.
+    #[error(transparent)]
+    MpTable(#[from] MpTableError),
 }
 
 /// Loads everything the kernel needs into `mem` (`mem_size` bytes of RAM laid out as
-/// [`crate::arch::layout`] says) and returns the kernel's entry point.
+/// [`crate::arch::layout`] says, `vcpus` vCPUs for the MP table) and returns the kernel's
+/// entry point.
 ///
 /// The kernel image is untrusted: any malformed image is a [`BootError`], never a panic.
 pub fn load<K: Read + Seek + ReadVolatile>(
     mem: &GuestMemoryMmap,
     mem_size: u64,
+    vcpus: u8,
     kernel: &mut K,
     cmdline: &str,
     initrd: Option<&mut File>,
@@ -64,6 +70,7 @@ pub fn load<K: Read + Seek + ReadVolatile>(
         initrd,
     };
     boot_params::write(mem, &boot_params::build(mem_size, &inputs)?)?;
+    mptable::write(mem, vcpus)?;
     Ok(loaded.kernel_load)
 }
 

@@ -4,5 +4,6 @@ pub mod boot_params;
 pub mod cpuid;
 pub mod lapic;
 pub mod layout;
+pub mod mptable;
 pub mod msr;
 pub mod regs;

@@ -94,6 +94,7 @@ impl Vm {
         let entry = boot::load(
             memory,
             memory_bytes,
+            vcpu_count,
             &mut kernel,
             cmdline.trim(),
             initrd.as_mut(),
