@@ -18,16 +18,24 @@ fn next(muxer: &mut Muxer, buf: &mut [u8]) -> RxPacket {
     panic!("no packet for the guest");
 }
 
+/// A host program connects to the device at `path` and asks for guest `port`; returns its
+/// stream and the REQUEST the muxer sends the guest.
+fn host_request(muxer: &mut Muxer, path: &Path, port: u32) -> (UnixStream, Header) {
+    let mut host = UnixStream::connect(path).unwrap();
+    host.write_all(format!("CONNECT {port}\n").as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let request = next(muxer, &mut buf).header;
+    assert_eq!((request.op(), request.dst_port), (Some(Op::Request), port));
+    (host, request)
+}
+
 #[test]
 fn host_initiated_connection_handshake_and_data_both_ways() {
     let path = temp_socket("host-init");
     let mut muxer = Muxer::new(GUEST, &path).unwrap();
-    let mut host = UnixStream::connect(&path).unwrap();
-    host.write_all(b"CONNECT 1024\n").unwrap();
+    let (mut host, request) = host_request(&mut muxer, &path, 1024);
     let mut buf = vec![0u8; 4096];
-    let request = next(&mut muxer, &mut buf).header;
-    assert_eq!(request.op(), Some(Op::Request));
-    assert_eq!(request.dst_port, 1024);
     assert_eq!(request.dst_cid, GUEST);
     let local = request.src_port;
 
@@ -97,9 +105,8 @@ fn bad_packets_are_reset_and_credit_overruns_close_the_connection() {
     assert!(muxer.next_rx(&mut buf).is_none());
 
     // A guest that ignores the credit it was given is reset.
-    let mut host = UnixStream::connect(&path).unwrap();
-    host.write_all(b"CONNECT 9\n").unwrap();
-    let local = next(&mut muxer, &mut buf).header.src_port;
+    let (host, request) = host_request(&mut muxer, &path, 9);
+    let local = request.src_port;
     muxer.recv_from_guest(&guest_header(Op::Response, 9, local, 0), &[]);
     let flood = vec![0u8; 64 * 1024];
     for _ in 0..8 {
@@ -412,11 +419,8 @@ fn accept_failing_with_emfile_pauses_accepting_until_a_connection_closes() {
 fn a_host_that_gives_up_before_the_guest_answers_leaves_nothing_behind() {
     let path = temp_socket("gives-up");
     let mut muxer = Muxer::new(GUEST, &path).unwrap();
-    let mut host = UnixStream::connect(&path).unwrap();
-    host.write_all(b"CONNECT 1024\n").unwrap();
+    let (host, _request) = host_request(&mut muxer, &path, 1024);
     let mut buf = vec![0u8; 4096];
-    let request = next(&mut muxer, &mut buf).header;
-    assert_eq!(request.op(), Some(Op::Request));
     assert_eq!(muxer.connection_count(), 1);
     drop(host);
     // The guest learns the request is void, and the half-made connection is gone.
