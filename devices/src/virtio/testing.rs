@@ -223,6 +223,36 @@ impl Refiller {
     }
 }
 
+/// A [`Refiller`] installed once the chain to repeat exists, allowed a fixed number of
+/// refills: what a test backend holds to stand for a driver refilling from another vCPU.
+pub struct BudgetedRefills {
+    driver: Arc<std::sync::Mutex<Option<Refiller>>>,
+    left: u32,
+}
+
+impl BudgetedRefills {
+    /// `left` refills, and the cell to put the [`Refiller`] in when it is known.
+    pub fn new(left: u32) -> (Self, Arc<std::sync::Mutex<Option<Refiller>>>) {
+        let driver = Arc::new(std::sync::Mutex::new(None));
+        (
+            Self {
+                driver: driver.clone(),
+                left,
+            },
+            driver,
+        )
+    }
+
+    /// Refills once, if a refiller is installed and the budget allows.
+    pub fn refill(&mut self) {
+        let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(driver) = driver.as_ref().filter(|_| self.left > 0) {
+            self.left -= 1;
+            driver.refill();
+        }
+    }
+}
+
 impl MockQueue {
     /// Puts `head` in every slot of the available ring, so whatever the available index says
     /// is that chain, and returns a [`Refiller`] that moves the index.

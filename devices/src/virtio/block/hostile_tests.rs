@@ -2,7 +2,6 @@
 //! needing reset, and a good request afterwards still works.
 
 use std::io;
-use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -10,7 +9,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::tests::{expected, harness, harness_with, image, Harness};
 use super::{BlockBackend, QUEUE_SIZE, SEG_MAX};
-use crate::virtio::testing::{notify, Desc, Refiller, MEM_SIZE};
+use crate::virtio::testing::{notify, BudgetedRefills, Desc, MEM_SIZE};
 
 const OK: u8 = VIRTIO_BLK_S_OK as u8;
 const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
@@ -267,8 +266,7 @@ fn requests_keep_working_after_many_hostile_chains() {
 /// A disk that stands for a driver on another vCPU refilling the ring while the device
 /// works: its first `refills` reads each make the request available once more.
 struct RefillingDisk {
-    driver: Arc<Mutex<Option<Refiller>>>,
-    refills: u32,
+    refills: BudgetedRefills,
 }
 
 impl BlockBackend for RefillingDisk {
@@ -277,16 +275,7 @@ impl BlockBackend for RefillingDisk {
     }
     fn read_at(&mut self, buf: &mut [u8], _offset: u64) -> io::Result<()> {
         buf.fill(0);
-        if let Some(driver) = self
-            .driver
-            .lock()
-            .unwrap()
-            .as_ref()
-            .filter(|_| self.refills > 0)
-        {
-            self.refills -= 1;
-            driver.refill();
-        }
+        self.refills.refill();
         Ok(())
     }
     fn write_at(&mut self, _: &[u8], _: u64) -> io::Result<()> {
@@ -299,12 +288,9 @@ impl BlockBackend for RefillingDisk {
 
 #[test]
 fn one_notify_serves_at_most_a_queue_of_requests_while_the_driver_refills() {
-    let driver = Arc::new(Mutex::new(None));
     let refills = 3 * u32::from(QUEUE_SIZE);
-    let disk = RefillingDisk {
-        driver: driver.clone(),
-        refills,
-    };
+    let (budget, driver) = BudgetedRefills::new(refills);
+    let disk = RefillingDisk { refills: budget };
     let mut h = harness_with(image(), Box::new(disk), false);
     let header = h.header(VIRTIO_BLK_T_IN, 0);
     let data = h.arena.alloc(512);

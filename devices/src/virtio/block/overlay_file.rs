@@ -239,10 +239,25 @@ impl Bitmap {
 }
 
 #[cfg(test)]
+use vmm_sys_util::tempfile::TempFile;
+
+/// An overlay over `base` in a fresh temporary file, which is returned to keep it alive.
+#[cfg(test)]
+pub(super) fn over_temp_file<B: BlockBackend>(base: B) -> (FileOverlay<B>, TempFile) {
+    let overlay_file = TempFile::new().expect("temporary overlay file");
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(overlay_file.as_path())
+        .expect("open the overlay file");
+    let overlay = FileOverlay::new(base, file).expect("overlay over a fresh file");
+    (overlay, overlay_file)
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::virtio::block::RawFile;
-    use vmm_sys_util::tempfile::TempFile;
 
     const BLOCK: usize = OVERLAY_BLOCK_SIZE as usize;
 
@@ -264,13 +279,7 @@ mod tests {
             let base = TempFile::new().unwrap();
             base.as_file().write_all_at(&pattern(len), 0).unwrap();
             let raw = RawFile::new(File::open(base.as_path()).unwrap()).unwrap();
-            let overlay_file = TempFile::new().unwrap();
-            let file = File::options()
-                .read(true)
-                .write(true)
-                .open(overlay_file.as_path())
-                .unwrap();
-            let overlay = FileOverlay::new(raw, file).unwrap();
+            let (overlay, overlay_file) = over_temp_file(raw);
             Self {
                 base,
                 overlay_file,

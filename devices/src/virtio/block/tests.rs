@@ -238,13 +238,8 @@ fn file_overlay_leaves_the_base_file_unchanged() {
     let image = image();
     let before = std::fs::read(image.as_path()).unwrap();
     let base = RawFile::new(File::open(image.as_path()).unwrap()).unwrap();
-    let overlay_file = TempFile::new().unwrap();
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .open(overlay_file.as_path())
-        .unwrap();
-    let disk = Box::new(FileOverlay::new(base, file).unwrap());
+    let (overlay, overlay_file) = super::overlay_file::over_temp_file(base);
+    let disk = Box::new(overlay);
     let mut h = harness_with(image, disk, false);
     assert_eq!(h.write(5, &[0xee; 1024]), OK);
     assert_eq!(h.read(5, 1024), (OK, vec![0xee; 1024]));

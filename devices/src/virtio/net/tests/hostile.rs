@@ -2,7 +2,7 @@
 //! keeps serving the well-formed chains that follow.
 
 use super::*;
-use crate::virtio::testing::{Refiller, MEM_SIZE};
+use crate::virtio::testing::{BudgetedRefills, Refiller, MEM_SIZE};
 
 /// Transmits `descs`, then a good frame, and checks that only the good frame arrives and the
 /// bad chain was completed and counted.
@@ -141,30 +141,14 @@ fn an_rx_chain_too_small_for_even_the_header_keeps_the_device_working() {
 /// each of its first `refills` frames sent or received makes the chain available once more,
 /// and `frames` frames wait to be received.
 struct RefillingBackend {
-    driver: Arc<std::sync::Mutex<Option<Refiller>>>,
-    refills: u32,
+    refills: BudgetedRefills,
     frames: u32,
     fd: vmm_sys_util::eventfd::EventFd,
 }
 
-impl RefillingBackend {
-    fn refill(&mut self) {
-        if let Some(driver) = self
-            .driver
-            .lock()
-            .unwrap()
-            .as_ref()
-            .filter(|_| self.refills > 0)
-        {
-            self.refills -= 1;
-            driver.refill();
-        }
-    }
-}
-
 impl NetBackend for RefillingBackend {
     fn send(&mut self, _frame: &[u8]) -> std::io::Result<()> {
-        self.refill();
+        self.refills.refill();
         Ok(())
     }
 
@@ -173,7 +157,7 @@ impl NetBackend for RefillingBackend {
             return Ok(Recv::Empty);
         }
         self.frames -= 1;
-        self.refill();
+        self.refills.refill();
         let f = frame(60, 1);
         buf[..f.len()].copy_from_slice(&f);
         Ok(Recv::Frame(f.len()))
@@ -191,9 +175,8 @@ fn refilling_fixture(
     refills: u32,
     frames: u32,
 ) -> (Fixture, Arc<std::sync::Mutex<Option<Refiller>>>) {
-    let driver = Arc::new(std::sync::Mutex::new(None));
+    let (refills, driver) = BudgetedRefills::new(refills);
     let backend = RefillingBackend {
-        driver: driver.clone(),
         refills,
         frames,
         fd: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
