@@ -27,6 +27,8 @@ pub(crate) enum PauseError {
     State(VmState),
     /// Not every vCPU parked in time; the VM was left running.
     Timeout { parked: usize, alive: usize },
+    /// Another caller resumed (or the VM stopped) before every vCPU parked.
+    Interrupted(VmState),
 }
 
 /// What a vCPU thread should do next.
@@ -98,15 +100,24 @@ impl VmControl {
         self.changed.notify_all();
     }
 
-    /// Called by a vCPU thread before each `KVM_RUN`: parks while paused.
-    pub(crate) fn next(&self) -> Next {
+    /// Called by a vCPU thread before each `KVM_RUN`: parks while paused. Before it parks it
+    /// calls `before_park` once, without the lock held (to complete a pending I/O exit).
+    pub(crate) fn next(&self, before_park: &mut dyn FnMut()) -> Next {
         let mut state = self.lock();
+        let mut prepared = false;
         let mut parked = false;
         loop {
             match state.run {
                 VmState::Running => break,
                 VmState::Stopped => break,
                 VmState::Paused => {
+                    if !prepared {
+                        prepared = true;
+                        drop(state);
+                        before_park();
+                        state = self.lock();
+                        continue;
+                    }
                     if !parked {
                         parked = true;
                         state.vcpus_parked += 1;
@@ -174,7 +185,7 @@ impl VmControl {
         }
         match state.run {
             VmState::Paused => Ok(()),
-            other => Err(PauseError::State(other)),
+            other => Err(PauseError::Interrupted(other)),
         }
     }
 

@@ -170,10 +170,13 @@ pub struct DeviceConfigs {
     pub(crate) vsock: Option<VsockConfig>,
 }
 
-/// Handles on the devices the host program may want after the VM is built.
+/// Handles on the VM's devices: what the host program may want after the VM is built, and
+/// what a snapshot saves and a restore rebuilds (in attach order: disks, NICs, vsock).
 #[derive(Default)]
 pub struct DeviceHandles {
+    pub(crate) blocks: Vec<Arc<Mutex<MmioTransport<Block>>>>,
     pub(crate) nets: Vec<Arc<Mutex<MmioTransport<Net>>>>,
+    pub(crate) vsock_device: Option<Arc<Mutex<MmioTransport<Vsock>>>>,
     pub(crate) vsock: Option<VsockConfig>,
 }
 
@@ -196,7 +199,9 @@ pub(crate) fn attach_all(
 ) -> Result<DeviceHandles, DeviceError> {
     let mut handles = DeviceHandles::default();
     for config in configs.blocks {
-        devices.attach(vm, mmio, memory, block(&config)?)?;
+        handles
+            .blocks
+            .push(devices.attach(vm, mmio, memory, block(&config)?)?);
     }
     for config in configs.nets {
         handles
@@ -204,7 +209,7 @@ pub(crate) fn attach_all(
             .push(devices.attach(vm, mmio, memory, net(config)?)?);
     }
     if let Some(config) = configs.vsock {
-        devices.attach(vm, mmio, memory, Vsock::new(&config)?)?;
+        handles.vsock_device = Some(devices.attach(vm, mmio, memory, Vsock::new(&config)?)?);
         handles.vsock = Some(config);
     }
     Ok(handles)
@@ -225,7 +230,13 @@ fn check_image_type(path: &Path) -> std::io::Result<()> {
     }
 }
 
-fn block(config: &BlockConfig) -> Result<Block, DeviceError> {
+pub(crate) fn block(config: &BlockConfig) -> Result<Block, DeviceError> {
+    let backend = block_backend(config)?;
+    Ok(Block::new(backend, config.read_only, &config.id)?)
+}
+
+/// Opens a disk's image and its overlay, as `config` says.
+pub(crate) fn block_backend(config: &BlockConfig) -> Result<Box<dyn BlockBackend>, DeviceError> {
     check_image_type(&config.path).map_err(|source| DeviceError::BlockOpen {
         path: config.path.clone(),
         source,
@@ -241,7 +252,7 @@ fn block(config: &BlockConfig) -> Result<Block, DeviceError> {
         .map_err(open_error)?;
     let image = file.metadata().map_err(open_error)?;
     let raw = RawFile::new(file).map_err(open_error)?;
-    let backend: Box<dyn BlockBackend> = match &config.overlay {
+    Ok(match &config.overlay {
         None => Box::new(raw),
         Some(BlockOverlay::Memory) => Box::new(Overlay::new(raw)),
         Some(BlockOverlay::File(path)) => {
@@ -253,8 +264,7 @@ fn block(config: &BlockConfig) -> Result<Block, DeviceError> {
                 }
             })?)
         }
-    };
-    Ok(Block::new(backend, config.read_only, &config.id)?)
+    })
 }
 
 /// Creates or opens the overlay file at `path` and empties it, refusing the image itself
@@ -284,13 +294,18 @@ fn overlay_file(path: &Path, image: &Metadata, image_path: &Path) -> Result<File
 }
 
 fn net(config: NetConfig) -> Result<Net, DeviceError> {
-    let backend: Box<dyn NetBackend> = match config.backend {
-        NetBackendConfig::Tap(name) => Box::new(Tap::open(&name)?),
-        NetBackendConfig::Packet(backend) => Box::new(backend),
-    };
+    let backend = net_backend(config.backend)?;
     let mut net_config = zygote_devices::virtio::net::NetConfig::default();
     if let Some(mac) = config.mac {
         net_config.mac = mac;
     }
     Ok(Net::new(net_config, backend)?)
+}
+
+/// Opens the backend a net device's frames go through.
+pub(crate) fn net_backend(config: NetBackendConfig) -> Result<Box<dyn NetBackend>, DeviceError> {
+    Ok(match config {
+        NetBackendConfig::Tap(name) => Box::new(Tap::open(&name)?),
+        NetBackendConfig::Packet(backend) => Box::new(backend),
+    })
 }

@@ -30,6 +30,9 @@ pub enum KvmError {
     /// `KVM_GET_SUPPORTED_CPUID` failed.
     #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
     SupportedCpuid(#[source] kvm_ioctls::Error),
+    /// `KVM_GET_MSR_INDEX_LIST` failed.
+    #[error("KVM_GET_MSR_INDEX_LIST failed: {0}")]
+    MsrIndexList(#[source] kvm_ioctls::Error),
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
@@ -79,6 +82,15 @@ pub enum Error {
         /// The state the VM was in.
         state: VmState,
     },
+    /// The VM stopped, or another caller resumed it, before every vCPU parked.
+    #[error("pause did not complete: the VM became {state:?} while pausing")]
+    PauseInterrupted {
+        /// The state the VM was found in.
+        state: VmState,
+    },
+    /// A VM could not be made from saved state.
+    #[error(transparent)]
+    Restore(#[from] crate::state::RestoreError),
     /// Not every vCPU parked within the pause timeout; the VM was left running.
     #[error("pause timed out with {parked} of {alive} vCPUs parked; the VM keeps running")]
     PauseTimeout {

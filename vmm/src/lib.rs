@@ -10,11 +10,13 @@ pub mod arch;
 pub mod boot;
 mod config;
 mod console;
+mod context;
 mod control;
 mod devices;
 mod error;
 mod exit;
 mod memory;
+pub mod state;
 pub mod vcpu;
 mod virtio;
 mod vm;
@@ -22,6 +24,7 @@ mod vm;
 pub use boot::BootError;
 pub use config::{ConfigError, VmBuilder, VmConfig, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 pub use console::{ConsoleBuffer, SerialOutput};
+pub use context::KvmContext;
 pub use control::VmState;
 pub use devices::{
     BlockConfig, BlockOverlay, DeviceError, DeviceHandles, NetBackendConfig, NetConfig,
@@ -31,7 +34,7 @@ pub use error::{Error, KvmError};
 pub use exit::{ExitReason, GuestFault};
 pub use memory::{GuestRam, MemoryError};
 pub use virtio::{EventLoopError, VirtioError, MAX_DEVICES};
-pub use vm::{RunningVm, SerialSource, Vm};
+pub use vm::{RestoreConfig, RunningVm, SerialSource, Vm};
 
 /// Guest memory types, re-exported so users need not depend on vm-memory's exact version.
 pub use vm_memory;

@@ -5,9 +5,11 @@
 
 use std::fs::File;
 use std::os::fd::FromRawFd;
+use std::sync::Arc;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
+use vm_memory::mmap::{MmapRegion, MmapRegionBuilder};
 use vm_memory::{
     FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
 };
@@ -36,7 +38,10 @@ pub enum MemoryError {
     Seal(#[source] std::io::Error),
     /// Mapping guest RAM failed.
     #[error("cannot map guest memory: {0}")]
-    Map(#[from] vm_memory::mmap::FromRangesError),
+    Raw(#[source] vm_memory::mmap::MmapRegionError),
+    /// The guest regions overlap or are out of order.
+    #[error("cannot assemble guest memory regions: {0}")]
+    Regions(#[source] vm_memory::GuestRegionCollectionError),
     /// A guest region is larger than the host address space allows.
     #[error("guest memory region of {0} bytes does not fit the host address space")]
     RegionTooLarge(u64),
@@ -51,30 +56,110 @@ pub enum MemoryError {
 }
 
 /// Guest RAM and the memfd behind it.
-#[derive(Debug)]
 pub struct GuestRam {
     memory: GuestMemoryMmap,
     size: u64,
+    /// The file the RAM is a mapping of, in the layout of [`ram_regions`]: shared when the VM
+    /// writes it directly, the base of a private (copy-on-write) mapping otherwise.
+    memfd: Option<Arc<File>>,
+    /// Whether the mapping is `MAP_SHARED` (the VM's writes land in `memfd`).
+    shared: bool,
+    /// Whatever else must live as long as the mapping (a memory engine's service).
+    _keepalive: Option<Box<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for GuestRam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestRam")
+            .field("size", &self.size)
+            .field("shared", &self.shared)
+            .finish()
+    }
 }
 
 impl GuestRam {
-    /// Creates `size` bytes of zeroed guest RAM laid out around the MMIO gap.
+    /// Creates `size` bytes of zeroed guest RAM laid out around the MMIO gap, a `MAP_SHARED`
+    /// mapping of a new memfd.
     pub fn new(size: u64) -> Result<Self, MemoryError> {
-        let file = create_memfd(size)?;
-        let ranges = ram_regions(size)
+        let file = Arc::new(create_memfd(size)?);
+        let memory = map_file(&file, size, libc::MAP_SHARED)?;
+        Ok(Self {
+            memory,
+            size,
+            memfd: Some(file),
+            shared: true,
+            _keepalive: None,
+        })
+    }
+
+    /// A copy-on-write view of `base` (a memfd of at least `size` bytes laid out as
+    /// [`ram_regions`] says): `MAP_PRIVATE`, so reads share `base`'s pages and the first write
+    /// to a page copies it. Later writes to `base` by others show through on pages this RAM
+    /// has not written yet: the caller keeps `base` still (see `cow/`).
+    pub fn private_of(base: Arc<File>, size: u64) -> Result<Self, MemoryError> {
+        let memory = map_file(&base, size, libc::MAP_PRIVATE | libc::MAP_NORESERVE)?;
+        Ok(Self {
+            memory,
+            size,
+            memfd: Some(base),
+            shared: false,
+            _keepalive: None,
+        })
+    }
+
+    /// RAM over a mapping someone else made (a memory engine): `size` bytes at `host_addr`,
+    /// laid out as [`ram_regions`] says, kept alive by `keepalive`.
+    ///
+    /// # Safety
+    /// `host_addr..host_addr + size` must be a readable and writable mapping that stays
+    /// mapped for as long as `keepalive` lives, and nothing else may unmap it.
+    pub unsafe fn from_raw(
+        host_addr: *mut u8,
+        size: u64,
+        memfd: Option<(Arc<File>, bool)>,
+        keepalive: Box<dyn Send + Sync>,
+    ) -> Result<Self, MemoryError> {
+        let regions = ram_regions(size)
             .into_iter()
             .map(|region| {
                 let len = usize::try_from(region.len)
                     .map_err(|_| MemoryError::RegionTooLarge(region.len))?;
-                let offset = FileOffset::new(
-                    file.try_clone().map_err(MemoryError::DupMemfd)?,
-                    region.file_offset,
-                );
-                Ok((region.start, len, Some(offset)))
+                let offset = usize::try_from(region.file_offset)
+                    .map_err(|_| MemoryError::RegionTooLarge(region.file_offset))?;
+                // SAFETY: the region lies inside the caller's mapping (offset + len <= size, by
+                // `ram_regions`), which outlives the returned `GuestRam` (it holds `keepalive`).
+                let mapping = unsafe {
+                    MmapRegion::build_raw(
+                        host_addr.add(offset),
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED,
+                    )
+                }
+                .map_err(MemoryError::Raw)?;
+                GuestRegionMmap::new(mapping, region.start)
+                    .ok_or(MemoryError::RegionTooLarge(region.len))
             })
             .collect::<Result<Vec<_>, MemoryError>>()?;
-        let memory = GuestMemoryMmap::from_ranges_with_files(ranges)?;
-        Ok(Self { memory, size })
+        let memory = GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Regions)?;
+        let shared = memfd.as_ref().is_some_and(|(_, shared)| *shared);
+        Ok(Self {
+            memory,
+            size,
+            memfd: memfd.map(|(file, _)| file),
+            shared,
+            _keepalive: Some(keepalive),
+        })
+    }
+
+    /// The memfd behind the RAM, if the RAM is a mapping of one.
+    pub fn memfd(&self) -> Option<&Arc<File>> {
+        self.memfd.as_ref()
+    }
+
+    /// Whether the VM's writes land in [`GuestRam::memfd`] (a `MAP_SHARED` mapping).
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// The guest memory, for reading and writing guest-physical addresses.
@@ -95,6 +180,30 @@ impl GuestRam {
         }
         Ok(())
     }
+}
+
+/// Maps `file` with `flags` in the layout of [`ram_regions`].
+fn map_file(file: &File, size: u64, flags: i32) -> Result<GuestMemoryMmap, MemoryError> {
+    let regions = ram_regions(size)
+        .into_iter()
+        .map(|region| {
+            let len =
+                usize::try_from(region.len).map_err(|_| MemoryError::RegionTooLarge(region.len))?;
+            let offset = FileOffset::new(
+                file.try_clone().map_err(MemoryError::DupMemfd)?,
+                region.file_offset,
+            );
+            let mapping = MmapRegionBuilder::new(len)
+                .with_file_offset(offset)
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(flags)
+                .build()
+                .map_err(MemoryError::Raw)?;
+            GuestRegionMmap::new(mapping, region.start)
+                .ok_or(MemoryError::RegionTooLarge(region.len))
+        })
+        .collect::<Result<Vec<_>, MemoryError>>()?;
+    GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Regions)
 }
 
 fn register_region(vm: &VmFd, slot: u32, region: &GuestRegionMmap) -> Result<(), MemoryError> {

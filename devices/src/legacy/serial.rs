@@ -3,6 +3,7 @@
 use std::io::{self, Write};
 
 use vm_superio::serial::NoEvents;
+pub use vm_superio::serial::SerialState;
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -33,6 +34,10 @@ pub enum SerialError {
     /// The receive FIFO could not take the input or the interrupt could not be raised.
     #[error("cannot queue serial input: {0}")]
     Enqueue(String),
+    /// A saved UART state was refused (receive FIFO over 64 bytes) or its pending interrupt
+    /// could not be raised.
+    #[error("cannot restore the UART: {0}")]
+    Restore(String),
 }
 
 type Uart = vm_superio::Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>;
@@ -59,6 +64,24 @@ impl Serial {
         self.uart
             .enqueue_raw_bytes(&input[..room])
             .map_err(|e| SerialError::Enqueue(format!("{e:?}")))
+    }
+
+    /// The UART's registers and receive FIFO (vm-superio's `SerialState`), for a snapshot.
+    pub fn save(&self) -> SerialState {
+        self.uart.state()
+    }
+
+    /// A UART from a saved state, raising `interrupt` and writing to `out`. vm-superio checks
+    /// the FIFO length and raises again the interrupts the saved registers say are pending
+    /// (an edge already sent on an irqfd is not part of any state).
+    pub fn restore(
+        state: &SerialState,
+        interrupt: EventFd,
+        out: Box<dyn Write + Send>,
+    ) -> Result<Self, SerialError> {
+        let uart = vm_superio::Serial::from_state(state, EventFdTrigger(interrupt), NoEvents, out)
+            .map_err(|e| SerialError::Restore(format!("{e:?}")))?;
+        Ok(Self { uart })
     }
 
     /// Flushes what the guest wrote so far to the output.

@@ -95,14 +95,32 @@ pub enum VcpuError {
 pub struct Vcpu {
     pub(crate) index: u8,
     pub(crate) fd: VcpuFd,
+    /// The last exit was PIO or MMIO, which KVM completes only on the next `KVM_RUN`.
+    pub(crate) io_pending: bool,
 }
 
 impl Vcpu {
-    /// Creates vCPU `index` of `count` with CPUID, MSRs, FPU and LAPIC set.
-    pub fn new(vm: &VmFd, supported: &CpuId, index: u8, count: u8) -> Result<Self, VcpuError> {
+    /// Creates vCPU `index` with nothing set: a restore sets its whole state.
+    pub fn create(vm: &VmFd, index: u8) -> Result<Self, VcpuError> {
         let fd = vm
             .create_vcpu(u64::from(index))
             .map_err(|source| VcpuError::Create { index, source })?;
+        Ok(Self {
+            index,
+            fd,
+            io_pending: false,
+        })
+    }
+
+    /// Creates vCPU `index` of `count` with CPUID, MSRs, FPU and LAPIC set.
+    pub fn new(vm: &VmFd, supported: &CpuId, index: u8, count: u8) -> Result<Self, VcpuError> {
+        let vcpu = Self::create(vm, index)?;
+        vcpu.configure(supported, count)?;
+        Ok(vcpu)
+    }
+
+    fn configure(&self, supported: &CpuId, count: u8) -> Result<(), VcpuError> {
+        let (index, fd) = (self.index, &self.fd);
         let configure = |op| move |source| VcpuError::Configure { op, index, source };
         // Without KVM_CAP_GET_TSC_KHZ the guest calibrates its TSC itself.
         let tsc_khz = fd.get_tsc_khz().ok();
@@ -119,8 +137,7 @@ impl Vcpu {
         let mut lapic_state = fd.get_lapic().map_err(configure("KVM_GET_LAPIC"))?;
         lapic::set_virtual_wire(&mut lapic_state);
         fd.set_lapic(&lapic_state)
-            .map_err(configure("KVM_SET_LAPIC"))?;
-        Ok(Self { index, fd })
+            .map_err(configure("KVM_SET_LAPIC"))
     }
 
     /// Puts the boot vCPU at the kernel entry in 64-bit mode.

@@ -1,6 +1,6 @@
 //! The vCPU thread: run the guest, dispatch its exits, obey pause and stop.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use kvm_ioctls::VcpuExit;
@@ -21,33 +21,61 @@ pub(crate) struct Buses {
     pub mmio: Arc<Bus>,
 }
 
+/// A vCPU shared between its thread, which holds the lock while in `KVM_RUN` and handling
+/// the exit, and the VM handle, which takes it only while the vCPU is parked (to read or set
+/// its state).
+pub(crate) type SharedVcpu = Arc<Mutex<Vcpu>>;
+
+/// Locks a shared vCPU; a thread that panicked while holding it left nothing half-written
+/// that matters (the fd itself holds the state).
+pub(crate) fn lock(vcpu: &SharedVcpu) -> MutexGuard<'_, Vcpu> {
+    vcpu.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Starts the thread that runs `vcpu` until the VM stops.
 pub(crate) fn spawn(
-    vcpu: Vcpu,
+    vcpu: SharedVcpu,
     buses: Buses,
     control: Arc<VmControl>,
 ) -> Result<JoinHandle<()>, VcpuError> {
-    let index = vcpu.index;
+    let index = lock(&vcpu).index;
     std::thread::Builder::new()
         .name(format!("zygote-vcpu{index}"))
-        .spawn(move || run(vcpu, &buses, &control))
+        .spawn(move || run(&vcpu, &buses, &control))
         .map_err(|source| VcpuError::Spawn { index, source })
 }
 
-fn run(mut vcpu: Vcpu, buses: &Buses, control: &VmControl) {
-    let index = vcpu.index;
-    control.register(
-        usize::from(index),
-        Kick::for_current_thread(vcpu.fd.get_kvm_run()),
-    );
-    // Declared after `vcpu`, so it is dropped first: the kick goes away before the run page
-    // is unmapped, on a normal return and on a panic alike.
+fn run(vcpu: &SharedVcpu, buses: &Buses, control: &VmControl) {
+    let (index, kick) = {
+        let mut guard = lock(vcpu);
+        let kick = Kick::for_current_thread(guard.fd.get_kvm_run());
+        (guard.index, kick)
+    };
+    control.register(usize::from(index), kick);
+    // The kick goes away when this guard drops, on a normal return and on a panic alike; the
+    // run page it points into lives as long as the shared vCPU.
     let _registered = Registered { control, index };
-    while let Next::Run = control.next() {
-        if let Some(reason) = run_once(&mut vcpu, buses) {
+    let mut before_park = || complete_pending_io(&mut lock(vcpu));
+    while let Next::Run = control.next(&mut before_park) {
+        if let Some(reason) = run_once(&mut lock(vcpu), buses) {
             control.finish(reason);
         }
     }
+}
+
+/// Finishes an I/O exit the guest has not seen the end of. KVM completes a PIO or MMIO exit
+/// (stores the data read, advances RIP) only on the next `KVM_RUN`; entering once with
+/// `immediate_exit` set does that and returns at once with `EINTR`, so the vCPU's saved
+/// registers never hold a half-done instruction (KVM API, `KVM_RUN` and `immediate_exit`).
+fn complete_pending_io(vcpu: &mut Vcpu) {
+    if !std::mem::take(&mut vcpu.io_pending) {
+        return;
+    }
+    vcpu.fd.set_kvm_immediate_exit(1);
+    // The expected result is EINTR; an exit here would be a KVM bug, and any error shows up
+    // again on the next real run.
+    let _ = vcpu.fd.run();
+    vcpu.fd.set_kvm_immediate_exit(0);
 }
 
 /// Unregisters a vCPU thread's kick when the thread ends, and stops the VM with a host error
@@ -85,6 +113,10 @@ fn run_once(vcpu: &mut Vcpu, buses: &Buses) -> Option<ExitReason> {
             })));
         }
     };
+    vcpu.io_pending = matches!(
+        exit,
+        VcpuExit::IoIn(..) | VcpuExit::IoOut(..) | VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)
+    );
     match exit {
         VcpuExit::IoIn(port, data) => {
             if buses.pio.read(u64::from(port), data).is_err() {

@@ -9,6 +9,8 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::vm::quiesce::GateWaiter;
+
 /// A subscriber the loop drives.
 pub type Subscriber = Box<dyn MutEventSubscriber + Send>;
 
@@ -47,17 +49,39 @@ impl MutEventSubscriber for Stopper {
     }
 }
 
+/// Parks the loop while its VM is paused (see `vm::quiesce`): no device runs, so guest memory
+/// and device state stay still.
+struct Pauser {
+    waiter: GateWaiter,
+    stopped: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for Pauser {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let stopped = &self.stopped;
+        self.waiter
+            .park_if_closed(|| stopped.load(Ordering::SeqCst));
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        // Registration only fails for a duplicate fd, which a fresh eventfd cannot be.
+        let _ = ops.add(Events::new(self.waiter.event(), EventSet::IN));
+    }
+}
+
 /// The running loop; dropping it stops and joins the thread.
 pub struct EventLoop {
     stop: EventFd,
+    stopped: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EventLoop {
     /// Starts a thread that serves `subscribers` until the loop is dropped. If waiting for
     /// events ever fails, the loop ends and `on_failure` is told why (the VM stops with it).
-    pub fn start(
+    pub(crate) fn start(
         subscribers: Vec<Subscriber>,
+        gate: GateWaiter,
         on_failure: impl FnOnce(EventLoopError) + Send + 'static,
     ) -> Result<Self, EventLoopError> {
         let mut manager = EventManager::<Subscriber>::new()?;
@@ -70,10 +94,15 @@ impl EventLoop {
             fd: stop.try_clone().map_err(EventLoopError::EventFd)?,
             stopped: stopped.clone(),
         }));
+        manager.add_subscriber(Box::new(Pauser {
+            waiter: gate,
+            stopped: stopped.clone(),
+        }));
+        let thread_stopped = stopped.clone();
         let thread = std::thread::Builder::new()
             .name("zygote-devices".into())
             .spawn(move || {
-                while !stopped.load(Ordering::SeqCst) {
+                while !thread_stopped.load(Ordering::SeqCst) {
                     if let Err(e) = manager.run() {
                         on_failure(EventLoopError::Run(e));
                         break;
@@ -83,6 +112,7 @@ impl EventLoop {
             .map_err(EventLoopError::Spawn)?;
         Ok(Self {
             stop,
+            stopped,
             thread: Some(thread),
         })
     }
@@ -90,6 +120,8 @@ impl EventLoop {
 
 impl Drop for EventLoop {
     fn drop(&mut self) {
+        // Set first, so a loop parked by a pause sees it too.
+        self.stopped.store(true, Ordering::SeqCst);
         // If the eventfd cannot be written the thread may never wake: leave it rather than
         // hang the caller (it ends with the process, holding only device handles).
         let Ok(()) = self.stop.write(1) else {

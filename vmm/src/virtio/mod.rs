@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use zygote_devices::virtio::mmio::{MmioTransport, TransportError, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
-use zygote_devices::virtio::{EventFdInterrupt, Memory, VirtioDevice};
+use zygote_devices::virtio::{EventFdInterrupt, InterruptLine, Memory, VirtioDevice};
 use zygote_devices::{Bus, BusError, BusRange};
 
 use crate::arch::layout::VIRTIO_MMIO_START;
+use crate::vm::quiesce::Gate;
 pub use event_loop::{EventLoop, EventLoopError, Subscriber};
 use subscriber::DeviceSubscriber;
 
@@ -72,16 +73,34 @@ impl VirtioDevices {
         memory: &Memory,
         device: D,
     ) -> Result<Arc<Mutex<MmioTransport<D>>>, VirtioError> {
+        self.attach_with(vm, mmio, memory, |memory, line| {
+            Ok(MmioTransport::new(device, memory, line)?)
+        })
+    }
+
+    /// Like [`VirtioDevices::attach`], with the transport made by `build` from the device's
+    /// memory and interrupt line: a restore builds it from saved state this way.
+    pub fn attach_with<D, E>(
+        &mut self,
+        vm: &VmFd,
+        mmio: &mut Bus,
+        memory: &Memory,
+        build: impl FnOnce(Memory, Arc<dyn InterruptLine>) -> Result<MmioTransport<D>, E>,
+    ) -> Result<Arc<Mutex<MmioTransport<D>>>, E>
+    where
+        D: VirtioDevice + 'static,
+        E: From<VirtioError>,
+    {
         if self.count >= MAX_DEVICES {
-            return Err(VirtioError::TooManyDevices);
+            return Err(VirtioError::TooManyDevices.into());
         }
         let base = VIRTIO_MMIO_START + u64::from(self.count) * MMIO_LEN;
         let irq = FIRST_IRQ + self.count;
         let irq_fd = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
         vm.register_irqfd(&irq_fd, irq)
             .map_err(|source| VirtioError::Irqfd { irq, source })?;
-        let line = Arc::new(EventFdInterrupt::new(irq_fd));
-        let transport = MmioTransport::new(device, memory.clone(), line)?;
+        let line: Arc<dyn InterruptLine> = Arc::new(EventFdInterrupt::new(irq_fd));
+        let transport = build(memory.clone(), line)?;
         let notify = register_notify(vm, base, transport.queue_count())?;
         let transport = Arc::new(Mutex::new(transport));
         mmio.insert(
@@ -90,7 +109,8 @@ impl VirtioDevices {
                 base,
                 len: MMIO_LEN,
             },
-        )?;
+        )
+        .map_err(VirtioError::from)?;
         let subscriber = DeviceSubscriber::new(transport.clone(), notify);
         self.subscribers
             .push(Box::new(subscriber.map_err(VirtioError::EventFd)?));
@@ -107,14 +127,16 @@ impl VirtioDevices {
 
     /// Starts the event loop serving every attached device (none if there are none); if it
     /// fails while running, `on_failure` hears why.
-    pub fn start(
+    pub(crate) fn start(
         self,
+        gate: &Gate,
         on_failure: impl FnOnce(EventLoopError) + Send + 'static,
     ) -> Result<Option<EventLoop>, EventLoopError> {
         if self.subscribers.is_empty() {
             return Ok(None);
         }
-        EventLoop::start(self.subscribers, on_failure).map(Some)
+        let waiter = gate.waiter().map_err(EventLoopError::EventFd)?;
+        EventLoop::start(self.subscribers, waiter, on_failure).map(Some)
     }
 }
 

@@ -1,6 +1,8 @@
-//! A microVM: created from a validated configuration, then started, paused, resumed and
-//! stopped.
+//! A microVM: created from a validated configuration or from saved state, then started,
+//! paused, resumed and stopped.
 
+mod machine;
+pub(crate) mod quiesce;
 mod running;
 mod serial_input;
 mod setup;
@@ -8,24 +10,21 @@ mod teardown;
 
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::Kvm;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use zygote_devices::legacy::{Serial, COM1_IRQ};
-
-use zygote_devices::Bus;
 
 use crate::boot;
 use crate::config::VmConfig;
-use crate::console::OutputDrain;
+use crate::console::{OutputDrain, SerialOutput};
+use crate::context::KvmContext;
 use crate::control::VmControl;
 use crate::devices::{attach_all, DeviceHandles};
-use crate::error::{Error, KvmError};
+use crate::error::Error;
 use crate::exit::ExitReason;
 use crate::memory::GuestRam;
-use crate::vcpu::{self, Vcpu};
+use crate::state::{self, DeviceResources, MachineState, RestoreError};
+use crate::vcpu::{self, run::SharedVcpu, Vcpu};
 use crate::virtio::{EventLoop, VirtioDevices};
+use zygote_devices::legacy::Serial;
 
 pub use running::RunningVm;
 use serial_input::InputPump;
@@ -35,7 +34,7 @@ use teardown::KvmVm;
 /// A created VM whose vCPUs have not started yet.
 pub struct Vm {
     // Field order is drop order: vCPUs go before the VM they belong to.
-    vcpus: Vec<Vcpu>,
+    vcpus: Vec<SharedVcpu>,
     serial_input: Option<Box<dyn SerialSource>>,
     virtio: VirtioDevices,
     core: VmCore,
@@ -53,13 +52,32 @@ struct VmCore {
     console_drain: Option<OutputDrain>,
     /// The thread feeding serial input, if there is a source; stopped with the VM.
     serial_input: Option<InputPump>,
+    /// Parks the event loop and the serial pump while the VM is paused.
+    gate: quiesce::Gate,
+    /// Serializes pause, resume and capture between callers.
+    lifecycle: Mutex<()>,
+    context: Arc<KvmContext>,
     kvm: KvmVm,
+}
+
+/// What a restored VM gets from its host instead of from the saved state.
+#[derive(Default)]
+pub struct RestoreConfig {
+    /// The process's KVM context; a new one is opened when `None`.
+    pub context: Option<Arc<KvmContext>>,
+    /// Where the restored guest's console goes.
+    pub serial_output: SerialOutput,
+    /// A source of serial input for the restored guest.
+    pub serial_input: Option<Box<dyn SerialSource>>,
+    /// Disks, NICs and the vsock socket for the restored devices.
+    pub devices: DeviceResources,
 }
 
 impl Vm {
     /// Creates the VM described by `config`: KVM VM, memory, devices, vCPUs, loaded kernel.
     pub fn create(config: VmConfig) -> Result<Self, Error> {
         let VmConfig {
+            context,
             vcpus: vcpu_count,
             memory_bytes,
             mut kernel,
@@ -69,57 +87,90 @@ impl Vm {
             serial_input,
             devices,
         } = config;
-        let kvm = Kvm::new().map_err(KvmError::Open)?;
+        let context = match context {
+            Some(context) => context,
+            None => KvmContext::new()?,
+        };
         let ram = GuestRam::new(memory_bytes)?;
-        let vm_fd = setup::create_vm_fd(&kvm, &ram)?;
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(KvmError::SupportedCpuid)?;
-        let kvm = KvmVm::new(kvm, vm_fd, ram);
-        let control = Arc::new(VmControl::new(usize::from(vcpu_count)));
-        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(KvmError::EventFd)?;
-        kvm.vm_fd()
-            .register_irqfd(&serial_irq, COM1_IRQ)
-            .map_err(KvmError::Irqfd)?;
-        let (serial_writer, console_drain) =
-            serial_output.into_writer().map_err(Error::ConsoleThread)?;
-        let serial = Serial::new(serial_irq, serial_writer);
-        let serial = Arc::new(Mutex::new(serial));
-        let memory = kvm.ram().memory();
-        let mut mmio = Bus::new();
-        let mut virtio = VirtioDevices::default();
-        let handles = attach_all(devices, kvm.vm_fd(), &mut mmio, memory, &mut virtio)?;
-        let buses = setup::buses(&serial, control.clone(), mmio)?;
-        let cmdline = [cmdline.as_str(), &virtio.cmdline()].join(" ");
+        let mut machine = machine::Machine::new(context, ram, serial_output, None)?;
+        let memory = machine.kvm.ram().memory().clone();
+        let handles = attach_all(
+            devices,
+            machine.kvm.vm_fd(),
+            &mut machine.mmio,
+            &memory,
+            &mut machine.virtio,
+        )?;
+        let cmdline = [cmdline.as_str(), &machine.virtio.cmdline()].join(" ");
         let entry = boot::load(
-            memory,
+            &memory,
             memory_bytes,
             vcpu_count,
             &mut kernel,
             cmdline.trim(),
             initrd.as_mut(),
         )?;
+        let supported = machine.context.supported_cpuid();
         let vcpus = (0..vcpu_count)
-            .map(|index| Vcpu::new(kvm.vm_fd(), &supported, index, vcpu_count))
+            .map(|index| Vcpu::new(machine.kvm.vm_fd(), supported, index, vcpu_count))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(boot_vcpu) = vcpus.first() {
-            boot_vcpu.set_boot_state(memory, entry)?;
+            boot_vcpu.set_boot_state(&memory, entry)?;
         }
-        Ok(Self {
-            vcpus,
-            serial_input,
-            virtio,
-            core: VmCore {
-                buses,
-                serial,
-                control,
-                devices: handles,
-                event_loop: None,
-                console_drain,
-                serial_input: None,
-                kvm,
-            },
-        })
+        machine.finish(vcpus, handles, serial_input)
+    }
+
+    /// Makes a VM from a captured state over `ram` (which must hold the guest memory that
+    /// goes with the state), with host resources from `config`. The VM is not started.
+    ///
+    /// # Errors
+    /// [`Error::Restore`] names what in the state was refused; nothing is left running.
+    pub fn restore(
+        state: &MachineState,
+        ram: GuestRam,
+        config: RestoreConfig,
+    ) -> Result<Self, Error> {
+        if ram.size() != state.memory_bytes {
+            return Err(RestoreError::Invalid("the memory size differs from the saved one").into());
+        }
+        let vcpu_count = u8::try_from(state.vcpus.len())
+            .ok()
+            .filter(|&n| n > 0 && n <= crate::MAX_VCPUS)
+            .ok_or(RestoreError::Invalid("vCPU count out of range"))?;
+        let context = match config.context {
+            Some(context) => context,
+            None => KvmContext::new()?,
+        };
+        let mut machine = machine::Machine::new(
+            context,
+            ram,
+            config.serial_output,
+            Some(&state.devices.serial),
+        )?;
+        state
+            .vm
+            .restore(machine.kvm.vm_fd())
+            .map_err(RestoreError::from)?;
+        let memory = machine.kvm.ram().memory().clone();
+        let handles = state::restore_virtio(
+            &state.devices,
+            config.devices,
+            machine.kvm.vm_fd(),
+            &mut machine.mmio,
+            &memory,
+            &mut machine.virtio,
+        )
+        .map_err(RestoreError::from)?;
+        let mut vcpus = Vec::with_capacity(state.vcpus.len());
+        for (index, saved) in state.vcpus.iter().enumerate() {
+            if usize::from(saved.index) != index {
+                return Err(RestoreError::Invalid("vCPUs are not saved in index order").into());
+            }
+            let vcpu = Vcpu::create(machine.kvm.vm_fd(), saved.index)?;
+            saved.restore(&vcpu.fd).map_err(RestoreError::from)?;
+            vcpus.push(vcpu);
+        }
+        machine.finish(vcpus, handles, config.serial_input)
     }
 
     /// The guest's memory.
@@ -142,11 +193,12 @@ impl Vm {
             virtio,
         } = self;
         let control = core.control.clone();
-        core.event_loop = virtio.start(move |error| {
+        core.event_loop = virtio.start(&core.gate, move |error| {
             control.finish(ExitReason::HostError(Arc::new(error)));
         })?;
         let mut running = RunningVm {
             threads: Vec::with_capacity(vcpus.len()),
+            vcpus: vcpus.clone(),
             core,
         };
         for vcpu in vcpus {
@@ -160,8 +212,10 @@ impl Vm {
             }
         }
         if let Some(input) = serial_input {
-            let pump = InputPump::spawn(input, running.core.serial.clone());
-            running.core.serial_input = Some(pump.map_err(Error::SerialInputThread)?);
+            let core = &mut running.core;
+            let gate = core.gate.waiter().map_err(Error::SerialInputThread)?;
+            let pump = InputPump::spawn(input, core.serial.clone(), gate);
+            core.serial_input = Some(pump.map_err(Error::SerialInputThread)?);
         }
         Ok(running)
     }

@@ -1,19 +1,29 @@
 //! A started VM: lifecycle operations and the exit reason.
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vm_memory::GuestMemoryMmap;
 
 use super::VmCore;
+use crate::context::KvmContext;
 use crate::control::{PauseError, VmState};
 use crate::error::Error;
 use crate::exit::ExitReason;
+use crate::memory::GuestRam;
+use crate::state::{save_virtio, CaptureError, DeviceStates, MachineState, VcpuState, VmArchState};
+use crate::vcpu::run::SharedVcpu;
+
+/// How long a pause waits for the device threads to park.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A VM whose vCPUs are running (or paused). Dropping it shuts the VM down.
 pub struct RunningVm {
     pub(super) core: VmCore,
     pub(super) threads: Vec<JoinHandle<()>>,
+    /// The vCPUs, shared with their threads; read and written only while parked.
+    pub(super) vcpus: Vec<SharedVcpu>,
 }
 
 impl RunningVm {
@@ -54,17 +64,42 @@ impl RunningVm {
         self.core.control.state()
     }
 
-    /// Parks every vCPU outside `KVM_RUN`. Returns once all are parked; if one stays busy in
-    /// a device for 10 s, the VM is left running and [`Error::PauseTimeout`] says so.
+    /// Quiesces the VM: parks every vCPU outside `KVM_RUN` (each completes a pending PIO or
+    /// MMIO exit first, so its registers hold whole instructions), then parks the device event
+    /// loop and the serial input thread. Once it returns nothing writes guest memory or device
+    /// state until [`RunningVm::resume`]; host peers' data waits in their sockets.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] if the VM is not running; [`Error::PauseTimeout`] if a vCPU or
+    /// the event loop stays busy for 10 s (the VM is then left running);
+    /// [`Error::PauseInterrupted`] if the VM stopped while pausing.
     pub fn pause(&self) -> Result<(), Error> {
+        let _lifecycle = self.lifecycle();
         self.core.control.pause().map_err(|e| match e {
             PauseError::State(state) => Error::InvalidState { op: "pause", state },
             PauseError::Timeout { parked, alive } => Error::PauseTimeout { parked, alive },
-        })
+            PauseError::Interrupted(state) => Error::PauseInterrupted { state },
+        })?;
+        if !self.core.gate.close(Instant::now() + PAUSE_TIMEOUT) {
+            let _ = self.core.control.resume();
+            return Err(Error::PauseTimeout {
+                parked: 0,
+                alive: 1,
+            });
+        }
+        Ok(())
     }
 
-    /// Lets a paused VM run again.
+    /// Lets a paused VM run again: the device threads first, then the vCPUs.
     pub fn resume(&self) -> Result<(), Error> {
+        let _lifecycle = self.lifecycle();
+        if self.core.control.state() != VmState::Paused {
+            return Err(Error::InvalidState {
+                op: "resume",
+                state: self.core.control.state(),
+            });
+        }
+        self.core.gate.open();
         self.core
             .control
             .resume()
@@ -72,6 +107,64 @@ impl RunningVm {
                 op: "resume",
                 state,
             })
+    }
+
+    /// Everything the paused VM is besides its memory: vCPUs, irqchip, PIT, clock, devices.
+    /// The memory is [`RunningVm::ram`].
+    ///
+    /// # Errors
+    /// [`CaptureError::NotPaused`] unless the VM is paused; an ioctl that fails.
+    pub fn capture(&self) -> Result<MachineState, CaptureError> {
+        let _lifecycle = self.lifecycle();
+        let run = self.core.control.state();
+        if run != VmState::Paused {
+            return Err(CaptureError::NotPaused(run));
+        }
+        let msrs = self.core.context.msr_index_list();
+        let vcpus = self
+            .vcpus
+            .iter()
+            .map(|vcpu| {
+                let vcpu = crate::vcpu::run::lock(vcpu);
+                VcpuState::save(&vcpu.fd, vcpu.index, msrs)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let vm = VmArchState::save(self.core.kvm.vm_fd())?;
+        let (blocks, nets, vsock) = save_virtio(&self.core.devices);
+        let serial = self
+            .core
+            .serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .save();
+        Ok(MachineState {
+            memory_bytes: self.core.kvm.ram().size(),
+            vcpus,
+            vm,
+            devices: DeviceStates {
+                serial,
+                blocks,
+                nets,
+                vsock,
+            },
+        })
+    }
+
+    /// The guest's RAM and the memfd behind it.
+    pub fn ram(&self) -> &GuestRam {
+        self.core.kvm.ram()
+    }
+
+    /// The KVM context the VM was made with (share it with the VMs restored from this one).
+    pub fn context(&self) -> &Arc<KvmContext> {
+        &self.core.context
+    }
+
+    fn lifecycle(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.core
+            .lifecycle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The exit reason if the VM has stopped, without waiting.
@@ -100,6 +193,8 @@ impl RunningVm {
 
     pub(super) fn stop(&mut self) {
         self.core.control.finish(ExitReason::Shutdown);
+        // Parked device threads must see the stop, not wait for a resume.
+        self.core.gate.open();
     }
 
     /// Joins the vCPU threads. A thread that panicked has already stopped the VM with

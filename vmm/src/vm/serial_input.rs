@@ -9,6 +9,8 @@ use std::time::Duration;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use zygote_devices::legacy::Serial;
 
+use super::quiesce::GateWaiter;
+
 /// A source of serial input: anything readable with a file descriptor to wait on.
 pub trait SerialSource: Read + AsFd + Send {}
 
@@ -26,12 +28,13 @@ impl InputPump {
     pub(crate) fn spawn(
         input: Box<dyn SerialSource>,
         serial: Arc<Mutex<Serial>>,
+        gate: GateWaiter,
     ) -> io::Result<Self> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let stopped = stop.try_clone()?;
         let thread = std::thread::Builder::new()
             .name("zygote-serial-in".into())
-            .spawn(move || pump(input, &serial, &stopped))?;
+            .spawn(move || pump(input, &serial, &stopped, &gate))?;
         Ok(Self {
             stop,
             thread: Some(thread),
@@ -49,24 +52,23 @@ impl Drop for InputPump {
     }
 }
 
-/// What waiting on the source and the stop eventfd found.
+/// What waiting on the source, the stop eventfd and the pause gate found.
 enum Ready {
     Input,
+    Pause,
     Stop,
 }
 
-fn wait(input: &dyn SerialSource, stop: &EventFd) -> io::Result<Ready> {
+fn wait(input: &dyn SerialSource, stop: &EventFd, gate: &GateWaiter) -> io::Result<Ready> {
+    let pollfd = |fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     let mut fds = [
-        libc::pollfd {
-            fd: stop.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: input.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
+        pollfd(stop.as_raw_fd()),
+        pollfd(gate.event().as_raw_fd()),
+        pollfd(input.as_fd().as_raw_fd()),
     ];
     loop {
         // SAFETY: `fds` is a valid array of two pollfd entries for the duration of the call.
@@ -81,14 +83,40 @@ fn wait(input: &dyn SerialSource, stop: &EventFd) -> io::Result<Ready> {
     }
     if fds[0].revents != 0 {
         Ok(Ready::Stop)
+    } else if fds[1].revents != 0 {
+        Ok(Ready::Pause)
     } else {
         Ok(Ready::Input)
     }
 }
 
-fn pump(mut input: Box<dyn SerialSource>, serial: &Mutex<Serial>, stop: &EventFd) {
+/// Whether the pump was told to stop (the stop eventfd is left readable for later checks).
+fn stop_requested(stop: &EventFd) -> bool {
+    let mut fd = libc::pollfd {
+        fd: stop.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `fd` is one valid pollfd for the duration of the call; a zero timeout never blocks.
+    unsafe { libc::poll(&mut fd, 1, 0) > 0 }
+}
+
+fn pump(
+    mut input: Box<dyn SerialSource>,
+    serial: &Mutex<Serial>,
+    stop: &EventFd,
+    gate: &GateWaiter,
+) {
     let mut buf = [0u8; 256];
-    while let Ok(Ready::Input) = wait(&*input, stop) {
+    loop {
+        match wait(&*input, stop, gate) {
+            Ok(Ready::Input) => {}
+            Ok(Ready::Pause) => {
+                gate.park_if_closed(|| stop_requested(stop));
+                continue;
+            }
+            Ok(Ready::Stop) | Err(_) => return,
+        }
         let n = match input.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => n,
@@ -98,6 +126,8 @@ fn pump(mut input: Box<dyn SerialSource>, serial: &Mutex<Serial>, stop: &EventFd
         };
         let mut sent = 0;
         while sent < n {
+            // Never feed the UART of a paused VM.
+            gate.park_if_closed(|| stop_requested(stop));
             let taken = serial
                 .lock()
                 .map(|mut s| s.enqueue_input(&buf[sent..n]).unwrap_or(0))
@@ -105,7 +135,7 @@ fn pump(mut input: Box<dyn SerialSource>, serial: &Mutex<Serial>, stop: &EventFd
             sent += taken;
             if taken == 0 {
                 // The guest has not drained its receive FIFO yet; stop if the VM goes away.
-                if stop.read().is_ok() {
+                if stop_requested(stop) {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(1));

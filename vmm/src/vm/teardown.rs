@@ -7,7 +7,7 @@
 
 use std::mem::ManuallyDrop;
 
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::VmFd;
 
 use crate::memory::GuestRam;
 
@@ -15,7 +15,6 @@ struct Inner {
     // Field order is drop order: the VM goes before the memory it maps.
     vm_fd: VmFd,
     ram: GuestRam,
-    _kvm: Kvm,
 }
 
 /// A KVM VM with its guest memory.
@@ -24,13 +23,9 @@ pub(super) struct KvmVm {
 }
 
 impl KvmVm {
-    pub(super) fn new(kvm: Kvm, vm_fd: VmFd, ram: GuestRam) -> Self {
+    pub(super) fn new(vm_fd: VmFd, ram: GuestRam) -> Self {
         Self {
-            inner: ManuallyDrop::new(Inner {
-                vm_fd,
-                ram,
-                _kvm: kvm,
-            }),
+            inner: ManuallyDrop::new(Inner { vm_fd, ram }),
         }
     }
 

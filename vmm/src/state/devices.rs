@@ -1,0 +1,225 @@
+//! Saving every device of a VM as plain data, and rebuilding them in a new VM.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kvm_ioctls::VmFd;
+use zygote_devices::legacy::SerialState;
+use zygote_devices::virtio::block::{Block, BlockRestoreError, BlockState};
+use zygote_devices::virtio::mmio::{MmioTransport, MmioTransportState, RestoreError};
+use zygote_devices::virtio::net::{Net, NetRestoreError, NetState};
+use zygote_devices::virtio::vsock::{Vsock, VsockError, VsockState};
+use zygote_devices::virtio::{Memory, VirtioDevice};
+use zygote_devices::Bus;
+
+use crate::devices::{
+    block_backend, net_backend, BlockConfig, DeviceError, DeviceHandles, NetConfig, VsockConfig,
+};
+use crate::virtio::{VirtioDevices, VirtioError};
+
+/// A virtio device's transport (registers, queues) and its own state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtioState<S> {
+    /// The virtio-mmio transport.
+    pub transport: MmioTransportState,
+    /// The device behind it.
+    pub device: S,
+}
+
+/// Every device of a VM, in attach order. Plain data; checked on restore.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceStates {
+    /// The 16550 UART (vm-superio's state).
+    pub serial: SerialState,
+    /// Disks, in the order they were added.
+    pub blocks: Vec<VirtioState<BlockState>>,
+    /// NICs, in the order they were added.
+    pub nets: Vec<VirtioState<NetState>>,
+    /// The vsock device.
+    pub vsock: Option<VirtioState<VsockState>>,
+}
+
+/// Why devices could not be rebuilt from saved state.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceRestoreError {
+    /// The restore was given a different number of devices of a kind than were saved.
+    #[error("{kind}: {saved} saved, {given} given to the restore")]
+    Count {
+        /// `block` or `net`.
+        kind: &'static str,
+        /// Devices in the saved state.
+        saved: usize,
+        /// Devices the caller gave.
+        given: usize,
+    },
+    /// A device's backend could not be opened.
+    #[error(transparent)]
+    Open(#[from] DeviceError),
+    /// A disk does not match the saved device.
+    #[error("block {index}: {source}")]
+    Block {
+        /// Position among the disks.
+        index: usize,
+        /// Why.
+        source: BlockRestoreError,
+    },
+    /// A NIC's state was refused.
+    #[error("net {index}: {source}")]
+    Net {
+        /// Position among the NICs.
+        index: usize,
+        /// Why.
+        source: NetRestoreError,
+    },
+    /// The vsock device could not be rebuilt.
+    #[error("vsock: {0}")]
+    Vsock(#[source] VsockError),
+    /// A transport's saved registers or queues were refused.
+    #[error("virtio device {index}: {source}")]
+    Transport {
+        /// Position in attach order.
+        index: usize,
+        /// Why.
+        source: RestoreError,
+    },
+    /// The device could not be placed in the new VM.
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
+}
+
+fn lock<D: VirtioDevice>(t: &Mutex<MmioTransport<D>>) -> MutexGuard<'_, MmioTransport<D>> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Saves every virtio device; the VM must be paused (no vCPU or event-loop thread in them).
+pub(crate) fn save_virtio(
+    handles: &DeviceHandles,
+) -> (
+    Vec<VirtioState<BlockState>>,
+    Vec<VirtioState<NetState>>,
+    Option<VirtioState<VsockState>>,
+) {
+    fn one<D: VirtioDevice, S>(t: &Mutex<MmioTransport<D>>, f: impl Fn(&D) -> S) -> VirtioState<S> {
+        let transport = lock(t);
+        VirtioState {
+            transport: transport.save(),
+            device: f(transport.device()),
+        }
+    }
+    (
+        handles.blocks.iter().map(|t| one(t, Block::save)).collect(),
+        handles.nets.iter().map(|t| one(t, Net::save)).collect(),
+        handles.vsock_device.as_deref().map(|t| one(t, Vsock::save)),
+    )
+}
+
+/// The host resources a restored VM's devices get: nothing of them is in a snapshot.
+#[derive(Default)]
+pub struct DeviceResources {
+    /// One disk per saved disk, in order (same sizes).
+    pub blocks: Vec<BlockConfig>,
+    /// One backend per saved NIC, in order; `mac: None` keeps the saved MAC.
+    pub nets: Vec<NetConfig>,
+    /// The vsock device's CID and socket path; `None` keeps the saved ones.
+    pub vsock: Option<VsockConfig>,
+}
+
+/// Rebuilds the virtio devices of `saved` in a new VM, in their saved order (so each gets its
+/// saved MMIO window and interrupt line), over `resources`.
+pub(crate) fn restore_virtio(
+    saved: &DeviceStates,
+    resources: DeviceResources,
+    vm: &VmFd,
+    mmio: &mut Bus,
+    memory: &Memory,
+    virtio: &mut VirtioDevices,
+) -> Result<DeviceHandles, DeviceRestoreError> {
+    let count = |kind, saved: usize, given: usize| {
+        if saved == given {
+            Ok(())
+        } else {
+            Err(DeviceRestoreError::Count { kind, saved, given })
+        }
+    };
+    count("block", saved.blocks.len(), resources.blocks.len())?;
+    count("net", saved.nets.len(), resources.nets.len())?;
+    let mut handles = DeviceHandles::default();
+    let mut position = 0;
+    for (index, (state, config)) in saved.blocks.iter().zip(&resources.blocks).enumerate() {
+        let backend = block_backend(config)?;
+        let device = Block::restore(backend, &state.device)
+            .map_err(|source| DeviceRestoreError::Block { index, source })?;
+        handles.blocks.push(attach(
+            virtio,
+            vm,
+            mmio,
+            memory,
+            device,
+            &state.transport,
+            position,
+        )?);
+        position += 1;
+    }
+    for (index, (state, config)) in saved.nets.iter().zip(resources.nets).enumerate() {
+        let mut device_state = state.device.clone();
+        if let Some(mac) = config.mac {
+            device_state.mac = mac;
+        }
+        let backend = net_backend(config.backend)?;
+        let device = Net::restore(backend, &device_state)
+            .map_err(|source| DeviceRestoreError::Net { index, source })?;
+        handles.nets.push(attach(
+            virtio,
+            vm,
+            mmio,
+            memory,
+            device,
+            &state.transport,
+            position,
+        )?);
+        position += 1;
+    }
+    if let Some(state) = &saved.vsock {
+        let mut device_state = state.device.clone();
+        if let Some(config) = resources.vsock {
+            device_state.config = config;
+        }
+        let device = Vsock::restore(&device_state).map_err(DeviceRestoreError::Vsock)?;
+        handles.vsock = Some(device_state.config.clone());
+        handles.vsock_device = Some(attach(
+            virtio,
+            vm,
+            mmio,
+            memory,
+            device,
+            &state.transport,
+            position,
+        )?);
+    }
+    Ok(handles)
+}
+
+fn attach<D: VirtioDevice + 'static>(
+    virtio: &mut VirtioDevices,
+    vm: &VmFd,
+    mmio: &mut Bus,
+    memory: &Memory,
+    device: D,
+    state: &MmioTransportState,
+    index: usize,
+) -> Result<Arc<Mutex<MmioTransport<D>>>, DeviceRestoreError> {
+    let transport = virtio.attach_with(vm, mmio, memory, |memory, line| {
+        MmioTransport::restore(device, memory, line, state)
+            .map_err(|source| DeviceRestoreError::Transport { index, source })
+    })?;
+    {
+        // Chains the driver posted before the snapshot was taken are served now: the
+        // notification that announced them went to the old VM.
+        let mut transport = lock(&transport);
+        if transport.is_activated() {
+            for queue in 0..transport.queue_count() as u32 {
+                transport.queue_notify(queue);
+            }
+        }
+    }
+    Ok(transport)
+}

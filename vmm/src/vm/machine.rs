@@ -1,0 +1,94 @@
+//! The part of making a VM that a cold boot and a restore share: the KVM VM over its memory,
+//! the irqchip and PIT, the UART, the buses; then, with vCPUs and devices, the [`Vm`].
+
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use zygote_devices::legacy::{Serial, SerialState, COM1_IRQ};
+use zygote_devices::Bus;
+
+use super::{quiesce, setup, KvmVm, SerialSource, Vm, VmCore};
+use crate::console::{OutputDrain, SerialOutput};
+use crate::context::KvmContext;
+use crate::control::VmControl;
+use crate::devices::DeviceHandles;
+use crate::error::{Error, KvmError};
+use crate::memory::GuestRam;
+use crate::state::RestoreError;
+use crate::vcpu::Vcpu;
+use crate::virtio::VirtioDevices;
+
+/// A KVM VM with memory, irqchip, PIT and UART, waiting for its devices and vCPUs.
+pub(super) struct Machine {
+    pub(super) context: Arc<KvmContext>,
+    pub(super) kvm: KvmVm,
+    pub(super) mmio: Bus,
+    pub(super) virtio: VirtioDevices,
+    serial: Arc<Mutex<Serial>>,
+    console_drain: Option<OutputDrain>,
+}
+
+impl Machine {
+    /// Creates the KVM VM over `ram` (slots registered before the irqchip, see `setup`) and
+    /// the UART, fresh or from `serial_state`.
+    pub(super) fn new(
+        context: Arc<KvmContext>,
+        ram: GuestRam,
+        serial_output: SerialOutput,
+        serial_state: Option<&SerialState>,
+    ) -> Result<Self, Error> {
+        let vm_fd = setup::create_vm_fd(context.kvm(), &ram)?;
+        let kvm = KvmVm::new(vm_fd, ram);
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(KvmError::EventFd)?;
+        kvm.vm_fd()
+            .register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(KvmError::Irqfd)?;
+        let (writer, console_drain) = serial_output.into_writer().map_err(Error::ConsoleThread)?;
+        let serial = match serial_state {
+            None => Serial::new(serial_irq, writer),
+            Some(state) => {
+                Serial::restore(state, serial_irq, writer).map_err(RestoreError::from)?
+            }
+        };
+        Ok(Self {
+            context,
+            kvm,
+            mmio: Bus::new(),
+            virtio: VirtioDevices::default(),
+            serial: Arc::new(Mutex::new(serial)),
+            console_drain,
+        })
+    }
+
+    /// The VM, with its vCPUs and devices.
+    pub(super) fn finish(
+        self,
+        vcpus: Vec<Vcpu>,
+        devices: DeviceHandles,
+        serial_input: Option<Box<dyn SerialSource>>,
+    ) -> Result<Vm, Error> {
+        let control = Arc::new(VmControl::new(vcpus.len()));
+        let buses = setup::buses(&self.serial, control.clone(), self.mmio)?;
+        Ok(Vm {
+            vcpus: vcpus
+                .into_iter()
+                .map(|vcpu| Arc::new(Mutex::new(vcpu)))
+                .collect(),
+            serial_input,
+            virtio: self.virtio,
+            core: VmCore {
+                buses,
+                serial: self.serial,
+                control,
+                devices,
+                event_loop: None,
+                console_drain: self.console_drain,
+                serial_input: None,
+                gate: quiesce::Gate::new(),
+                lifecycle: Mutex::new(()),
+                context: self.context,
+                kvm: self.kvm,
+            },
+        })
+    }
+}
