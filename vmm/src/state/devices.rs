@@ -90,14 +90,8 @@ fn lock<D: VirtioDevice>(t: &Mutex<MmioTransport<D>>) -> MutexGuard<'_, MmioTran
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Saves every virtio device; the VM must be paused (no vCPU or event-loop thread in them).
-pub(crate) fn save_virtio(
-    handles: &DeviceHandles,
-) -> (
-    Vec<VirtioState<BlockState>>,
-    Vec<VirtioState<NetState>>,
-    Option<VirtioState<VsockState>>,
-) {
+/// Saves every device; the VM must be paused (no vCPU or event-loop thread in them).
+pub(crate) fn save_devices(handles: &DeviceHandles, serial: SerialState) -> DeviceStates {
     fn one<D: VirtioDevice, S>(t: &Mutex<MmioTransport<D>>, f: impl Fn(&D) -> S) -> VirtioState<S> {
         let transport = lock(t);
         VirtioState {
@@ -105,11 +99,12 @@ pub(crate) fn save_virtio(
             device: f(transport.device()),
         }
     }
-    (
-        handles.blocks.iter().map(|t| one(t, Block::save)).collect(),
-        handles.nets.iter().map(|t| one(t, Net::save)).collect(),
-        handles.vsock_device.as_deref().map(|t| one(t, Vsock::save)),
-    )
+    DeviceStates {
+        serial,
+        blocks: handles.blocks.iter().map(|t| one(t, Block::save)).collect(),
+        nets: handles.nets.iter().map(|t| one(t, Net::save)).collect(),
+        vsock: handles.vsock_device.as_deref().map(|t| one(t, Vsock::save)),
+    }
 }
 
 /// The host resources a restored VM's devices get: nothing of them is in a snapshot.

@@ -133,10 +133,9 @@ impl Vm {
         if ram.size() != state.memory_bytes {
             return Err(RestoreError::Invalid("the memory size differs from the saved one").into());
         }
-        let vcpu_count = u8::try_from(state.vcpus.len())
-            .ok()
-            .filter(|&n| n > 0 && n <= crate::MAX_VCPUS)
-            .ok_or(RestoreError::Invalid("vCPU count out of range"))?;
+        if state.vcpus.is_empty() || state.vcpus.len() > usize::from(crate::MAX_VCPUS) {
+            return Err(RestoreError::Invalid("vCPU count out of range").into());
+        }
         let context = match config.context {
             Some(context) => context,
             None => KvmContext::new()?,

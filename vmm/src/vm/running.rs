@@ -12,7 +12,7 @@ use crate::control::{PauseError, VmState};
 use crate::error::Error;
 use crate::exit::ExitReason;
 use crate::memory::GuestRam;
-use crate::state::{save_virtio, CaptureError, DeviceStates, MachineState, VcpuState, VmArchState};
+use crate::state::{save_devices, CaptureError, MachineState, VcpuState, VmArchState};
 use crate::vcpu::run::SharedVcpu;
 
 /// How long a pause waits for the device threads to park.
@@ -130,7 +130,6 @@ impl RunningVm {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let vm = VmArchState::save(self.core.kvm.vm_fd())?;
-        let (blocks, nets, vsock) = save_virtio(&self.core.devices);
         let serial = self
             .core
             .serial
@@ -141,12 +140,7 @@ impl RunningVm {
             memory_bytes: self.core.kvm.ram().size(),
             vcpus,
             vm,
-            devices: DeviceStates {
-                serial,
-                blocks,
-                nets,
-                vsock,
-            },
+            devices: save_devices(&self.core.devices, serial),
         })
     }
 
