@@ -20,7 +20,7 @@ fn connect(uds: &std::path::Path) -> AgentClient {
 #[test]
 fn a_restored_vm_keeps_counter_memory_and_disk() {
     let image = disk_image("restore-disk.img", 1 << 20);
-    let mut parent = agent_vm(
+    let parent = agent_vm(
         "restore-parent",
         AgentOpts {
             block: Some(BlockConfig::new(&image)),
