@@ -29,8 +29,12 @@ fn a_spinning_guest_is_shut_down_promptly() {
 
 #[test]
 fn pause_and_resume_a_running_guest() {
-    let (mut vm, console) = start(&Workload::Spin);
-    assert!(console.wait_for(READY_LINE, GUEST_TIMEOUT));
+    let parent = common::agent_vm("pause-resume", common::AgentOpts::default());
+    let vm = &parent.vm;
+    let mut agent =
+        zygote::agent::AgentClient::connect(&parent.uds, zygote::agent::AGENT_PORT, GUEST_TIMEOUT)
+            .unwrap();
+    assert_eq!(agent.counter_add(1).unwrap(), 1);
     vm.pause().unwrap();
     assert_eq!(vm.state(), VmState::Paused);
     assert!(matches!(
@@ -40,15 +44,21 @@ fn pause_and_resume_a_running_guest() {
             state: VmState::Paused
         })
     ));
+    let paused_at = vm.capture().unwrap().vcpus[0].regs;
     vm.resume().unwrap();
     assert_eq!(vm.state(), VmState::Running);
     assert!(matches!(
         vm.resume(),
         Err(Error::InvalidState { op: "resume", .. })
     ));
-    // Pausing again after a resume works: the vCPU really went back into the guest.
+    // The vCPU really went back into the guest: the agent answers and changes state, and a
+    // second pause finds the vCPU somewhere else.
+    assert_eq!(agent.counter_add(1).unwrap(), 2);
     vm.pause().unwrap();
-    assert!(matches!(vm.shutdown().unwrap(), ExitReason::Shutdown));
+    let regs = vm.capture().unwrap().vcpus[0].regs;
+    assert_ne!(regs, paused_at, "the vCPU did not run between the pauses");
+    vm.resume().unwrap();
+    assert_eq!(agent.counter_get().unwrap(), 2);
 }
 
 #[test]
