@@ -186,6 +186,7 @@ fn handshake(uds_path: &Path, port: u32, wait: Duration) -> io::Result<UnixStrea
 }
 
 mod ops;
+pub use ops::GuestIdentity;
 
 #[cfg(test)]
 mod tests {

@@ -111,7 +111,8 @@ impl Pass {
 fn wants_interrupt(queue: &mut Queue, mem: &Memory) -> bool {
     if !queue.event_idx_enabled() {
         let flags = mem.read_obj::<u16>(GuestAddress(queue.avail_ring()));
-        if flags.is_ok_and(|flags| u32::from(u16::from_le(flags)) & VRING_AVAIL_F_NO_INTERRUPT != 0) {
+        if flags.is_ok_and(|flags| u32::from(u16::from_le(flags)) & VRING_AVAIL_F_NO_INTERRUPT != 0)
+        {
             return false;
         }
     }

@@ -23,6 +23,7 @@
 
 pub mod agent;
 mod hostile;
+mod identity;
 mod lines;
 mod mmio;
 mod pattern;
@@ -33,6 +34,7 @@ pub use agent::{AGENT_COUNTER_ADDR, AGENT_PORT};
 pub use hostile::{
     HostileBlk, HostileOutcome, HostileVsock, HOSTILE_BLK_PREFIX, HOSTILE_VSOCK_PREFIX,
 };
+pub use identity::{VmIdentity, VM_IDENTITY_ADDR, VM_IDENTITY_LEN, VM_IDENTITY_MAGIC, VM_ID_LEN};
 pub use lines::{
     ExceptionReport, TouchResult, ERROR_PREFIX, EXCEPTION_PREFIX, LINE_PREFIX, PANIC_PREFIX,
     READY_LINE, TOUCH_PREFIX,
@@ -41,6 +43,7 @@ pub use mmio::{MmioDevice, MAX_MMIO_DEVICES, VIRTIO_MMIO_KEY};
 pub use pattern::{pattern_checksum, pattern_word, Checksum, PATTERN_MULTIPLIER, WORDS_PER_MIB};
 pub use ports::{
     exit_code, COM1_PORT, DEBUG_EXIT_PORT, FAULT_PORT, I8042_COMMAND_PORT, I8042_RESET_COMMAND,
+    IDLE_MAX_WAIT_US, IDLE_PORT,
 };
 pub use workload::{CmdlineArg, FaultKind, UnknownWorkload, Workload, WORKLOAD_KEY};
 

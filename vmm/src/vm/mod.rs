@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestMemoryMmap;
 
+use crate::arch::identity;
 use crate::boot;
 use crate::config::VmConfig;
 use crate::console::{OutputDrain, SerialOutput};
@@ -20,6 +21,7 @@ use crate::control::VmControl;
 use crate::devices::{attach_all, DeviceHandles};
 use crate::error::Error;
 use crate::exit::ExitReason;
+use crate::idle::Doorbell;
 use crate::memory::GuestRam;
 use crate::state::{self, DeviceResources, MachineState, RestoreError};
 use crate::vcpu::{self, run::SharedVcpu, Vcpu};
@@ -44,6 +46,8 @@ pub struct Vm {
 struct VmCore {
     buses: vcpu::run::Buses,
     serial: Arc<Mutex<Serial>>,
+    /// Wakes idle vCPUs; serial input rings it.
+    doorbell: Arc<Doorbell>,
     control: Arc<VmControl>,
     devices: DeviceHandles,
     /// Serves the virtio devices once the VM runs; stopped before the VM is torn down.
@@ -110,6 +114,7 @@ impl Vm {
             cmdline.trim(),
             initrd.as_mut(),
         )?;
+        identity::write(&memory, &identity::first()?)?;
         let supported = machine.context.supported_cpuid();
         let vcpus = (0..vcpu_count)
             .map(|index| Vcpu::new(machine.kvm.vm_fd(), supported, index, vcpu_count))
@@ -213,7 +218,7 @@ impl Vm {
         if let Some(input) = serial_input {
             let core = &mut running.core;
             let gate = core.gate.waiter().map_err(Error::SerialInputThread)?;
-            let pump = InputPump::spawn(input, core.serial.clone(), gate);
+            let pump = InputPump::spawn(input, core.serial.clone(), gate, core.doorbell.clone());
             core.serial_input = Some(pump.map_err(Error::SerialInputThread)?);
         }
         Ok(running)
