@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
 use zygote_devices::virtio::block::{
-    Block, BlockBackend, BlockError, FileOverlay, Overlay, RawFile,
+    storage_kind, Block, BlockBackend, BlockError, FileOverlay, Overlay, RawFile, StorageKind,
 };
 use zygote_devices::virtio::mmio::MmioTransport;
 use zygote_devices::virtio::net::{Net, NetBackend, NetError, PacketBackend, Tap, TapError};
@@ -20,10 +20,17 @@ pub use zygote_devices::virtio::vsock::VsockConfig;
 
 use crate::virtio::{VirtioDevices, VirtioError};
 
-/// A virtio-blk disk backed by a raw image file.
+/// A virtio-blk disk backed by a raw image: a regular file or a block device.
+///
+/// The disk's size is the image's size when the VM is built: a regular file's length, a block
+/// device's size (`BLKGETSIZE64`). Its capacity is that size in 512-byte sectors, rounded down:
+/// a tail of less than a sector (a regular file whose size is not a multiple of 512) is not
+/// addressable and never read or written, as in Firecracker. The capacity then stays fixed; if
+/// the image shrinks while the VM runs, bytes past its new end read as zeros, and sectors an
+/// overlay holds whole never depend on the image at all.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockConfig {
-    /// The raw image.
+    /// The raw image, a regular file or a block device.
     pub path: PathBuf,
     /// The guest may not write.
     pub read_only: bool,
@@ -41,7 +48,12 @@ pub enum BlockOverlay {
     Memory,
     /// In a sparse file the size of the image, 4 KiB block by 4 KiB block. The VMM creates the
     /// file, or truncates it if it exists; which blocks it holds is known only to the running
-    /// VM, so the file alone is not a disk image.
+    /// VM, so the file alone is not a disk image. A block device may be named instead: it is
+    /// used as it is (not emptied; it must hold at least the image's size).
+    ///
+    /// If the build fails after the file was created, the VMM removes the file it created. An
+    /// existing file it truncated is left in place, emptied: the path, its owner, mode and links
+    /// are the caller's, and its old contents were given up by naming it as an overlay.
     File(PathBuf),
 }
 
@@ -69,7 +81,7 @@ impl BlockConfig {
     }
 
     /// Sends the guest's writes to an overlay file at `path` (created, or truncated if it
-    /// exists), leaving the image untouched.
+    /// exists; see [`BlockOverlay::File`]), leaving the image untouched.
     pub fn overlay_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.overlay = Some(BlockOverlay::File(path.into()));
         self
@@ -186,17 +198,19 @@ impl DeviceHandles {
     }
 }
 
-/// Creates every configured device and attaches it.
+/// Creates every configured device and attaches it. Overlay files it creates are recorded in
+/// `created`, which removes them again unless the caller keeps them.
 pub(crate) fn attach_all(
     configs: DeviceConfigs,
     vm: &VmFd,
     mmio: &mut Bus,
     memory: &Memory,
     devices: &mut VirtioDevices,
+    created: &mut CreatedFiles,
 ) -> Result<DeviceHandles, DeviceError> {
     let mut handles = DeviceHandles::default();
     for config in configs.blocks {
-        devices.attach(vm, mmio, memory, block(&config)?)?;
+        devices.attach(vm, mmio, memory, block(&config, created)?)?;
     }
     for config in configs.nets {
         handles
@@ -225,7 +239,7 @@ fn check_image_type(path: &Path) -> std::io::Result<()> {
     }
 }
 
-fn block(config: &BlockConfig) -> Result<Block, DeviceError> {
+fn block(config: &BlockConfig, created: &mut CreatedFiles) -> Result<Block, DeviceError> {
     check_image_type(&config.path).map_err(|source| DeviceError::BlockOpen {
         path: config.path.clone(),
         source,
@@ -245,7 +259,7 @@ fn block(config: &BlockConfig) -> Result<Block, DeviceError> {
         None => Box::new(raw),
         Some(BlockOverlay::Memory) => Box::new(Overlay::new(raw)),
         Some(BlockOverlay::File(path)) => {
-            let overlay = overlay_file(path, &image, &config.path)?;
+            let overlay = overlay_file(path, &image, &config.path, created)?;
             Box::new(FileOverlay::new(raw, overlay).map_err(|source| {
                 DeviceError::OverlayCreate {
                     path: path.clone(),
@@ -258,29 +272,94 @@ fn block(config: &BlockConfig) -> Result<Block, DeviceError> {
 }
 
 /// Creates or opens the overlay file at `path` and empties it, refusing the image itself
-/// (`image` is the image's metadata).
-fn overlay_file(path: &Path, image: &Metadata, image_path: &Path) -> Result<File, DeviceError> {
+/// (`image` is the image's metadata). A file it creates is recorded in `created`; an existing
+/// regular file is truncated to 0 bytes; an existing block device is used as it is (it cannot
+/// be emptied, and the overlay never reads a block it has not written).
+fn overlay_file(
+    path: &Path,
+    image: &Metadata,
+    image_path: &Path,
+    created: &mut CreatedFiles,
+) -> Result<File, DeviceError> {
     let create_error = |source| DeviceError::OverlayCreate {
         path: path.to_path_buf(),
         source,
     };
-    // Not truncated on open: the image must be told apart first, or truncating would wipe it.
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(create_error)?;
+    let (file, new) = open_or_create(path).map_err(create_error)?;
     let ours = file.metadata().map_err(create_error)?;
-    if (ours.dev(), ours.ino()) == (image.dev(), image.ino()) {
+    if new {
+        created.record(path, &ours);
+    }
+    if same_storage(&ours, image) {
         return Err(DeviceError::OverlayIsImage {
             overlay: path.to_path_buf(),
             image: image_path.to_path_buf(),
         });
     }
-    file.set_len(0).map_err(create_error)?;
+    // Not truncated on open: the image must be told apart first, or truncating would wipe it.
+    match storage_kind(&file).map_err(create_error)? {
+        StorageKind::Regular => file.set_len(0).map_err(create_error)?,
+        StorageKind::BlockDevice => {}
+    }
     Ok(file)
+}
+
+/// Opens `path` for reading and writing, creating it if it does not exist; says whether this
+/// call created the file at `path` itself. `O_EXCL` makes that exact: when `path` exists, even
+/// as a dangling symbolic link, it is opened (a link's missing target is created through it,
+/// but is not counted as created here, so it is never removed).
+fn open_or_create(path: &Path) -> std::io::Result<(File, bool)> {
+    let mut options = File::options();
+    options.read(true).write(true);
+    match options.clone().create_new(true).open(path) {
+        Ok(file) => Ok((file, true)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok((options.create(true).open(path)?, false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether two open files are the same storage: the same inode, or the same block device
+/// under two device nodes.
+fn same_storage(a: &Metadata, b: &Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let device = |m: &Metadata| m.file_type().is_block_device().then(|| m.rdev());
+    (a.dev(), a.ino()) == (b.dev(), b.ino()) || device(a).is_some_and(|r| device(b) == Some(r))
+}
+
+/// Files a VM's build created (overlay files), removed again when this is dropped, unless
+/// [`CreatedFiles::keep`] was called: a build that fails leaves behind nothing it created.
+/// A file is removed only if its path still names the file that was created (same device and
+/// inode), so a file someone put there since is left alone.
+#[derive(Default)]
+pub(crate) struct CreatedFiles {
+    files: Vec<(PathBuf, (u64, u64))>,
+}
+
+impl CreatedFiles {
+    fn record(&mut self, path: &Path, meta: &Metadata) {
+        self.files
+            .push((path.to_path_buf(), (meta.dev(), meta.ino())));
+    }
+
+    /// The build succeeded: the files stay.
+    pub(crate) fn keep(mut self) {
+        self.files.clear();
+    }
+}
+
+impl Drop for CreatedFiles {
+    fn drop(&mut self) {
+        for (path, id) in self.files.drain(..) {
+            let still_ours =
+                std::fs::symlink_metadata(&path).is_ok_and(|meta| (meta.dev(), meta.ino()) == id);
+            if still_ours {
+                // Best effort: a failed build is being reported already.
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
 }
 
 fn net(config: NetConfig) -> Result<Net, DeviceError> {
@@ -293,4 +372,65 @@ fn net(config: NetConfig) -> Result<Net, DeviceError> {
         net_config.mac = mac;
     }
     Ok(Net::new(net_config, backend)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("zygote-unit-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn created_files_are_removed_unless_kept() {
+        let path = temp("created");
+        let _ = std::fs::remove_file(&path);
+        let mut created = CreatedFiles::default();
+        let (file, new) = open_or_create(&path).unwrap();
+        assert!(new);
+        created.record(&path, &file.metadata().unwrap());
+        drop(created);
+        assert!(!path.exists());
+
+        let mut created = CreatedFiles::default();
+        let (file, _) = open_or_create(&path).unwrap();
+        created.record(&path, &file.metadata().unwrap());
+        created.keep();
+        assert!(path.exists());
+        // Opened again, it is not created.
+        assert!(!open_or_create(&path).unwrap().1);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_file_put_in_place_of_a_created_one_is_not_removed() {
+        let path = temp("replaced");
+        let _ = std::fs::remove_file(&path);
+        let mut created = CreatedFiles::default();
+        let (file, _) = open_or_create(&path).unwrap();
+        created.record(&path, &file.metadata().unwrap());
+        // Someone removes it and puts their own file there, while the first is still open.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"theirs").unwrap();
+        drop(created);
+        assert_eq!(std::fs::read(&path).unwrap(), b"theirs");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_dangling_symlink_is_not_counted_as_created() {
+        let target = temp("symlink-target");
+        let link = temp("symlink");
+        let _ = std::fs::remove_file(&target);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        // The link exists: its target is created through it, as before, but not counted as
+        // created, so a failed build never removes what the link points to.
+        let (_, new) = open_or_create(&link).unwrap();
+        assert!(!new);
+        assert!(target.exists());
+        let _ = std::fs::remove_file(&link);
+        let _ = std::fs::remove_file(&target);
+    }
 }

@@ -20,7 +20,7 @@ use crate::boot;
 use crate::config::VmConfig;
 use crate::console::OutputDrain;
 use crate::control::VmControl;
-use crate::devices::{attach_all, DeviceHandles};
+use crate::devices::{attach_all, CreatedFiles, DeviceHandles};
 use crate::error::{Error, KvmError};
 use crate::exit::ExitReason;
 use crate::memory::GuestRam;
@@ -88,7 +88,16 @@ impl Vm {
         let memory = kvm.ram().memory();
         let mut mmio = Bus::new();
         let mut virtio = VirtioDevices::default();
-        let handles = attach_all(devices, kvm.vm_fd(), &mut mmio, memory, &mut virtio)?;
+        // Overlay files created here are removed again if any later step fails.
+        let mut created = CreatedFiles::default();
+        let handles = attach_all(
+            devices,
+            kvm.vm_fd(),
+            &mut mmio,
+            memory,
+            &mut virtio,
+            &mut created,
+        )?;
         let buses = setup::buses(&serial, control.clone(), mmio)?;
         let cmdline = [cmdline.as_str(), &virtio.cmdline()].join(" ");
         let entry = boot::load(
@@ -105,6 +114,7 @@ impl Vm {
         if let Some(boot_vcpu) = vcpus.first() {
             boot_vcpu.set_boot_state(memory, entry)?;
         }
+        created.keep();
         Ok(Self {
             vcpus,
             serial_input,

@@ -305,7 +305,10 @@ mod tests {
         overlay.read_at(&mut sector, 3 * SECTOR).unwrap();
         assert!(sector[..] == pattern(4 * 512)[3 * 512..]);
         // The base was never written.
-        assert_eq!(std::fs::metadata(tmp.as_path()).unwrap().len(), 4 * SECTOR + 100);
+        assert_eq!(
+            std::fs::metadata(tmp.as_path()).unwrap().len(),
+            4 * SECTOR + 100
+        );
     }
 
     #[test]

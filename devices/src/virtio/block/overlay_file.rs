@@ -413,8 +413,12 @@ mod tests {
         assert!(got[..2 * BLOCK] == pattern(4 * BLOCK)[2 * BLOCK..]);
         assert!(got[2 * BLOCK..] == data);
         // A partial block copies up that block only.
-        overlay.write_at(&[0xaa; 512], OVERLAY_BLOCK_SIZE + 512).unwrap();
-        overlay.write_at(&[0xbb; 512], 5 * OVERLAY_BLOCK_SIZE).unwrap();
+        overlay
+            .write_at(&[0xaa; 512], OVERLAY_BLOCK_SIZE + 512)
+            .unwrap();
+        overlay
+            .write_at(&[0xbb; 512], 5 * OVERLAY_BLOCK_SIZE)
+            .unwrap();
         let reads = reads.lock().unwrap();
         assert!(
             reads.iter().all(|r| r.end <= 4 * OVERLAY_BLOCK_SIZE),
