@@ -1,7 +1,7 @@
 //! The virtio devices a VM can have, as the builder takes them, and their creation.
 
 use std::fs::{File, Metadata};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -149,7 +149,8 @@ pub enum DeviceError {
         /// Underlying error.
         source: std::io::Error,
     },
-    /// The overlay file is the disk image itself (the same file, under any name).
+    /// The overlay file is the disk image itself (the same file under any name, the same block
+    /// device under another node, or a loop device and the file behind it).
     #[error("block: the overlay file {overlay} is the disk image {image}; choose another path")]
     OverlayIsImage {
         /// The overlay file path.
@@ -227,7 +228,6 @@ pub(crate) fn attach_all(
 /// Refuses a disk image that is neither a regular file nor a block device: opening a FIFO
 /// would block the VMM, and nothing else can hold sectors.
 fn check_image_type(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
     let kind = std::fs::metadata(path)?.file_type();
     if kind.is_file() || kind.is_block_device() {
         Ok(())
@@ -320,12 +320,30 @@ fn open_or_create(path: &Path) -> std::io::Result<(File, bool)> {
     }
 }
 
-/// Whether two open files are the same storage: the same inode, or the same block device
-/// under two device nodes.
+/// Whether two open files are the same storage: the same inode, the same block device under
+/// two device nodes, or a loop device and the file behind it.
 fn same_storage(a: &Metadata, b: &Metadata) -> bool {
-    use std::os::unix::fs::FileTypeExt;
+    let inode = |m: &Metadata| (m.dev(), m.ino());
     let device = |m: &Metadata| m.file_type().is_block_device().then(|| m.rdev());
-    (a.dev(), a.ino()) == (b.dev(), b.ino()) || device(a).is_some_and(|r| device(b) == Some(r))
+    inode(a) == inode(b)
+        || device(a).is_some_and(|r| device(b) == Some(r))
+        || loop_backing(a).is_some_and(|id| id == inode(b))
+        || loop_backing(b).is_some_and(|id| id == inode(a))
+}
+
+/// The (device, inode) of the file behind a loop device, from sysfs; `None` for anything else.
+fn loop_backing(meta: &Metadata) -> Option<(u64, u64)> {
+    if !meta.file_type().is_block_device() {
+        return None;
+    }
+    let rdev = meta.rdev();
+    // The glibc encoding of `dev_t`.
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    let sys = format!("/sys/dev/block/{major}:{minor}/loop/backing_file");
+    let backing = std::fs::read_to_string(sys).ok()?;
+    let backing = std::fs::metadata(backing.trim_end_matches('\n')).ok()?;
+    Some((backing.dev(), backing.ino()))
 }
 
 /// Files a VM's build created (overlay files), removed again when this is dropped, unless

@@ -156,3 +156,33 @@ fn a_loop_device_initrd_is_loaded_whole() {
         "initrd bytes"
     );
 }
+
+#[test]
+fn a_loop_device_and_the_file_behind_it_are_refused_as_image_and_overlay() {
+    let dev = LoopDevice::new("loop-backing", MIB);
+    let original = std::fs::read(&dev.backing).unwrap();
+    let build = |image: &std::path::Path, overlay: &std::path::Path| {
+        VmBuilder::new()
+            .kernel(kernel_path())
+            .block(BlockConfig::new(image).overlay_file(overlay))
+            .build()
+            .err()
+            .expect("the overlay is the image")
+    };
+    // The overlay would write through the loop device into the image, or truncating the
+    // overlay file would wipe the image behind the loop device.
+    for (image, overlay) in [(&dev.backing, &dev.path), (&dev.path, &dev.backing)] {
+        let err = build(image, overlay);
+        assert!(
+            matches!(
+                err,
+                zygote::Error::Device(zygote::DeviceError::OverlayIsImage { .. })
+            ),
+            "{err}"
+        );
+        assert!(
+            std::fs::read(&dev.backing).unwrap() == original,
+            "image wiped"
+        );
+    }
+}
