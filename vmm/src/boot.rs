@@ -7,6 +7,7 @@ use std::io::{Read, Seek};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{elf::Elf, load_cmdline, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile};
+use zygote_devices::virtio::block::file_size;
 
 use crate::arch::boot_params::{self, BootInputs, BootParamsError};
 use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MMIO_GAP_START};
@@ -26,7 +27,7 @@ pub enum BootError {
     /// The command line could not be written to guest memory.
     #[error("cannot write the kernel command line: {0}")]
     WriteCmdline(#[source] linux_loader::loader::Error),
-    /// The initrd size could not be read.
+    /// The initrd size could not be read, or it is neither a regular file nor a block device.
     #[error("cannot read the initrd: {0}")]
     ReadInitrd(#[source] std::io::Error),
     /// The initrd does not fit between the kernel and the end of low memory.
@@ -81,14 +82,15 @@ fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<usize, BootErro
     Ok(cmdline.len() + 1)
 }
 
-/// Copies the initrd to the top of low memory, page aligned, above the kernel.
+/// Copies the initrd (a regular file or a block device, read from its current position; its
+/// size is the file's, [`file_size`]) to the top of low memory, page aligned, above the kernel.
 fn load_initrd(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     kernel_end: u64,
     file: &mut File,
 ) -> Result<(GuestAddress, u64), BootError> {
-    let size = file.metadata().map_err(BootError::ReadInitrd)?.len();
+    let size = file_size(file).map_err(BootError::ReadInitrd)?;
     let low_end = mem_size.min(MMIO_GAP_START);
     let addr = low_end
         .checked_sub(size)

@@ -176,7 +176,8 @@ impl VmBuilder {
         self
     }
 
-    /// The kernel: an ELF image (a Linux `vmlinux` or Zygote's guest kernel).
+    /// The kernel: an ELF image (a Linux `vmlinux` or Zygote's guest kernel) in a regular file
+    /// or a block device.
     pub fn kernel(mut self, path: impl AsRef<Path>) -> Self {
         self.kernel = Some(path.as_ref().to_path_buf());
         self
@@ -188,7 +189,8 @@ impl VmBuilder {
         self
     }
 
-    /// An initial ramdisk loaded at the top of low memory.
+    /// An initial ramdisk loaded at the top of low memory: a regular file or a block device,
+    /// all of whose bytes are loaded.
     pub fn initrd(mut self, path: impl AsRef<Path>) -> Self {
         self.initrd = Some(path.as_ref().to_path_buf());
         self
@@ -240,7 +242,7 @@ impl VmBuilder {
         let initrd = self
             .initrd
             .map(|path| {
-                open_regular(&path).map_err(|source| ConfigError::InitrdUnreadable { path, source })
+                open_image(&path).map_err(|source| ConfigError::InitrdUnreadable { path, source })
             })
             .transpose()?;
         Ok(VmConfig {
@@ -294,7 +296,7 @@ fn open_kernel(path: &Path) -> Result<File, ConfigError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = open_regular(path).map_err(unreadable)?;
+    let mut file = open_image(path).map_err(unreadable)?;
     let mut magic = [0u8; 4];
     let is_elf = match file.read_exact(&mut magic) {
         Ok(()) => magic == *b"\x7fELF",
@@ -309,13 +311,15 @@ fn open_kernel(path: &Path) -> Result<File, ConfigError> {
     Ok(file)
 }
 
-/// Opens a regular file for reading. Anything else (a FIFO would block the open, a directory
-/// cannot hold an image) is refused first.
-fn open_regular(path: &Path) -> std::io::Result<File> {
-    if !std::fs::metadata(path)?.is_file() {
+/// Opens a regular file or a block device for reading. Anything else (a FIFO would block the
+/// open, a directory cannot hold an image) is refused first.
+fn open_image(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path)?.file_type();
+    if !kind.is_file() && !kind.is_block_device() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            "not a regular file",
+            "not a regular file or block device",
         ));
     }
     File::open(path)

@@ -34,7 +34,14 @@ pub use error::{Error, KvmError};
 pub use exit::{ExitReason, GuestFault};
 pub use memory::{GuestRam, MemoryError};
 pub use virtio::{EventLoopError, VirtioError, MAX_DEVICES};
+// The device errors that appear inside `DeviceError`, `VirtioError` and `Error`, so callers
+// can match on them without depending on `zygote-devices`.
 pub use vm::{RestoreConfig, RunningVm, SerialSource, Vm};
+pub use zygote_devices::virtio::block::BlockError;
+pub use zygote_devices::virtio::mmio::TransportError;
+pub use zygote_devices::virtio::net::{NetError, TapError};
+pub use zygote_devices::virtio::vsock::VsockError;
+pub use zygote_devices::BusError;
 
 /// Guest memory types, re-exported so users need not depend on vm-memory's exact version.
 pub use vm_memory;

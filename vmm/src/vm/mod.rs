@@ -17,7 +17,7 @@ use crate::config::VmConfig;
 use crate::console::{OutputDrain, SerialOutput};
 use crate::context::KvmContext;
 use crate::control::VmControl;
-use crate::devices::{attach_all, DeviceHandles};
+use crate::devices::{attach_all, CreatedFiles, DeviceHandles};
 use crate::error::Error;
 use crate::exit::ExitReason;
 use crate::memory::GuestRam;
@@ -94,12 +94,15 @@ impl Vm {
         let ram = GuestRam::new(memory_bytes)?;
         let mut machine = machine::Machine::new(context, ram, serial_output, None)?;
         let memory = machine.kvm.ram().memory().clone();
+        // Overlay files created here are removed again if any later step fails.
+        let mut created = CreatedFiles::default();
         let handles = attach_all(
             devices,
             machine.kvm.vm_fd(),
             &mut machine.mmio,
             &memory,
             &mut machine.virtio,
+            &mut created,
         )?;
         let cmdline = [cmdline.as_str(), &machine.virtio.cmdline()].join(" ");
         let entry = boot::load(
@@ -117,7 +120,9 @@ impl Vm {
         if let Some(boot_vcpu) = vcpus.first() {
             boot_vcpu.set_boot_state(&memory, entry)?;
         }
-        machine.finish(vcpus, handles, serial_input)
+        let vm = machine.finish(vcpus, handles, serial_input)?;
+        created.keep();
+        Ok(vm)
     }
 
     /// Makes a VM from a captured state over `ram` (which must hold the guest memory that
@@ -151,6 +156,7 @@ impl Vm {
             .restore(machine.kvm.vm_fd())
             .map_err(RestoreError::from)?;
         let memory = machine.kvm.ram().memory().clone();
+        let mut created = CreatedFiles::default();
         let handles = state::restore_virtio(
             &state.devices,
             config.devices,
@@ -158,6 +164,7 @@ impl Vm {
             &mut machine.mmio,
             &memory,
             &mut machine.virtio,
+            &mut created,
         )
         .map_err(RestoreError::from)?;
         let mut vcpus = Vec::with_capacity(state.vcpus.len());
@@ -169,7 +176,9 @@ impl Vm {
             saved.restore(&vcpu.fd).map_err(RestoreError::from)?;
             vcpus.push(vcpu);
         }
-        machine.finish(vcpus, handles, config.serial_input)
+        let vm = machine.finish(vcpus, handles, config.serial_input)?;
+        created.keep();
+        Ok(vm)
     }
 
     /// The guest's memory.
