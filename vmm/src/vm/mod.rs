@@ -90,20 +90,20 @@ impl Vm {
         let mut virtio = VirtioDevices::default();
         let handles = attach_all(devices, kvm.vm_fd(), &mut mmio, memory, &mut virtio)?;
         let buses = setup::buses(&serial, control.clone(), mmio)?;
-        let cmdline = [cmdline.as_str(), &virtio.cmdline()].join(" ");
+        let cmdline = boot::cmdline::with_additions(&cmdline, virtio.cmdline_entries());
         let entry = boot::load(
             memory,
             memory_bytes,
             vcpu_count,
             &mut kernel,
-            cmdline.trim(),
+            &cmdline,
             initrd.as_mut(),
         )?;
         let vcpus = (0..vcpu_count)
             .map(|index| Vcpu::new(kvm.vm_fd(), &supported, index, vcpu_count))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(boot_vcpu) = vcpus.first() {
-            boot_vcpu.set_boot_state(memory, entry)?;
+            boot_vcpu.set_boot_state(entry)?;
         }
         Ok(Self {
             vcpus,
