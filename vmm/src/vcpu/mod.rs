@@ -1,6 +1,7 @@
 //! vCPUs: creation with their boot state, and the threads that run them.
 
 mod kick;
+pub(crate) mod pio;
 pub(crate) mod run;
 
 use kvm_bindings::{kvm_sregs, CpuId};
