@@ -71,10 +71,11 @@ pub enum ConfigError {
         /// Underlying error.
         source: std::io::Error,
     },
-    /// The command line is longer than the boot protocol allows.
+    /// The command line the guest would get (with the virtio device entries added) is longer
+    /// than the boot protocol allows.
     #[error("cmdline: {len} bytes is longer than the maximum of {max}")]
     CmdlineTooLong {
-        /// Length given, in bytes.
+        /// Length of the final line, in bytes, without its NUL.
         len: usize,
         /// Maximum length, in bytes.
         max: usize,
@@ -183,7 +184,9 @@ impl VmBuilder {
         self
     }
 
-    /// The kernel command line.
+    /// The kernel command line. Zygote's own kernel parameters (one `virtio_mmio.device=`
+    /// entry per device) go before the first `--` word, so the words after it reach init
+    /// exactly as given; with no `--` they are appended.
     pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
         self.cmdline = cmdline.into();
         self
@@ -337,12 +340,11 @@ fn validate_device_count(devices: &DeviceConfigs) -> Result<u32, ConfigError> {
     }
 }
 
-/// Checks the command line as the guest will get it: with one entry per virtio device added.
+/// Checks the command line as the guest will get it: with one entry per virtio device added
+/// where `boot::cmdline::with_additions` puts them.
 fn validate_cmdline(cmdline: &str, devices: u32) -> Result<(), ConfigError> {
-    let entries: usize = (0..devices)
-        .map(|i| 1 + crate::virtio::cmdline_entry(i).len())
-        .sum();
-    let len = cmdline.len() + entries;
+    let entries: Vec<String> = (0..devices).map(crate::virtio::cmdline_entry).collect();
+    let len = crate::boot::cmdline::with_additions(cmdline, &entries).len();
     // The boot protocol needs room for the terminating NUL.
     if len >= CMDLINE_MAX_SIZE {
         return Err(ConfigError::CmdlineTooLong {
@@ -397,6 +399,39 @@ mod tests {
             validate_cmdline(&almost, 1),
             Err(ConfigError::CmdlineTooLong { .. })
         ));
+    }
+
+    /// Length of the line the guest gets for `cmdline` with `devices` entries, or the error.
+    fn final_len(cmdline: &str, devices: u32) -> Result<(), usize> {
+        match validate_cmdline(cmdline, devices) {
+            Ok(()) => Ok(()),
+            Err(ConfigError::CmdlineTooLong { len, .. }) => Err(len),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn the_length_limit_counts_the_final_line_with_devices() {
+        let entry = crate::virtio::cmdline_entry(0).len();
+        let max = CMDLINE_MAX_SIZE - 1;
+        // Longest user line that still fits with one device, with the entry appended or put
+        // before a `--`, even one at the very end: the final line is the same length.
+        let fits = max - 1 - entry;
+        for tail in ["", " -- -c true", " --", " -- a -- b"] {
+            let user = "x".repeat(fits - tail.len()) + tail;
+            assert_eq!(final_len(&user, 1), Ok(()), "{tail:?}");
+            let over = "x".repeat(fits + 1 - tail.len()) + tail;
+            assert_eq!(final_len(&over, 1), Err(max + 1), "{tail:?}");
+        }
+        // Trailing spaces before the entry are not in the final line.
+        let spaced = "x".repeat(fits) + "   ";
+        assert_eq!(final_len(&spaced, 1), Ok(()));
+        // An empty user line gets the entries alone, without a leading space.
+        let entries: usize = (0..16).map(|i| crate::virtio::cmdline_entry(i).len()).sum();
+        assert_eq!(final_len("", 16), Ok(()));
+        let user = "x".repeat(max - entries - 16);
+        assert_eq!(final_len(&user, 16), Ok(()));
+        assert_eq!(final_len(&(user + "x"), 16), Err(max + 1));
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod cmdline;
 mod console;
 mod exit;
 mod hostile;
+mod string_io;
 mod virtio;
 mod workloads;
 

@@ -27,6 +27,7 @@ mod lines;
 mod mmio;
 mod pattern;
 mod ports;
+mod string_io;
 mod workload;
 
 pub use agent::{AGENT_COUNTER_ADDR, AGENT_PORT};
@@ -41,6 +42,10 @@ pub use mmio::{MmioDevice, MAX_MMIO_DEVICES, VIRTIO_MMIO_KEY};
 pub use pattern::{pattern_checksum, pattern_word, Checksum, PATTERN_MULTIPLIER, WORDS_PER_MIB};
 pub use ports::{
     exit_code, COM1_PORT, DEBUG_EXIT_PORT, FAULT_PORT, I8042_COMMAND_PORT, I8042_RESET_COMMAND,
+};
+pub use string_io::{
+    StringIoReport, INSB_LEN, INSD_COUNT, INSW_COUNT, STRING_IO_INPUT, STRING_IO_OUT_LINES,
+    STRING_IO_PREFIX,
 };
 pub use workload::{CmdlineArg, FaultKind, UnknownWorkload, Workload, WORKLOAD_KEY};
 

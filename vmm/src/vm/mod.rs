@@ -104,13 +104,13 @@ impl Vm {
             &mut machine.virtio,
             &mut created,
         )?;
-        let cmdline = [cmdline.as_str(), &machine.virtio.cmdline()].join(" ");
+        let cmdline = boot::cmdline::with_additions(&cmdline, machine.virtio.cmdline_entries());
         let entry = boot::load(
             &memory,
             memory_bytes,
             vcpu_count,
             &mut kernel,
-            cmdline.trim(),
+            &cmdline,
             initrd.as_mut(),
         )?;
         let supported = machine.context.supported_cpuid();
@@ -118,7 +118,7 @@ impl Vm {
             .map(|index| Vcpu::new(machine.kvm.vm_fd(), supported, index, vcpu_count))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(boot_vcpu) = vcpus.first() {
-            boot_vcpu.set_boot_state(&memory, entry)?;
+            boot_vcpu.set_boot_state(entry)?;
         }
         let vm = machine.finish(vcpus, handles, serial_input)?;
         created.keep();
