@@ -23,6 +23,7 @@
 
 pub mod agent;
 mod hostile;
+mod hostile_queue;
 mod lines;
 mod mmio;
 mod pattern;
@@ -33,6 +34,10 @@ mod workload;
 pub use agent::{AGENT_COUNTER_ADDR, AGENT_PORT};
 pub use hostile::{
     HostileBlk, HostileOutcome, HostileVsock, HOSTILE_BLK_PREFIX, HOSTILE_VSOCK_PREFIX,
+};
+pub use hostile_queue::{
+    BadBuf, HostileQueue, HostileQueueId, BAD_HUGE_LEN, BAD_MMIO_GAP, BAD_OUTSIDE_RAM,
+    HOSTILE_QUEUE_PREFIX,
 };
 pub use lines::{
     ExceptionReport, TouchResult, ERROR_PREFIX, EXCEPTION_PREFIX, LINE_PREFIX, PANIC_PREFIX,
