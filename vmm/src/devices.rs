@@ -194,6 +194,26 @@ pub struct DeviceHandles {
 }
 
 impl DeviceHandles {
+    /// Moves every virtio device to `memory`, a new mapping of the same guest memory. The VM
+    /// must be paused.
+    pub(crate) fn set_memory(&self, memory: &Memory) {
+        fn one<D: zygote_devices::virtio::VirtioDevice>(
+            transport: &Mutex<MmioTransport<D>>,
+            memory: &Memory,
+        ) {
+            let mut transport = transport.lock().unwrap_or_else(|p| p.into_inner());
+            transport.set_memory(memory.clone());
+        }
+        self.blocks.iter().for_each(|t| one(t, memory));
+        self.nets.iter().for_each(|t| one(t, memory));
+        self.vsock_device.iter().for_each(|t| one(t, memory));
+    }
+
+    /// The vsock device's CID and Unix socket path, if the VM has one.
+    pub fn vsock_config(&self) -> Option<&VsockConfig> {
+        self.vsock.as_ref()
+    }
+
     /// Frame and byte counters of net device `index` (in the order they were added).
     pub fn net_stats(&self, index: usize) -> Option<NetStatsSnapshot> {
         let net = self.nets.get(index)?;

@@ -36,7 +36,7 @@ pub use memory::{GuestRam, MemoryError};
 pub use virtio::{EventLoopError, VirtioError, MAX_DEVICES};
 // The device errors that appear inside `DeviceError`, `VirtioError` and `Error`, so callers
 // can match on them without depending on `zygote-devices`.
-pub use vm::{RestoreConfig, RunningVm, SerialSource, Vm};
+pub use vm::{Fork, ForkConfig, ForkError, RestoreConfig, RunningVm, SerialSource, Vm};
 pub use zygote_devices::virtio::block::BlockError;
 pub use zygote_devices::virtio::mmio::TransportError;
 pub use zygote_devices::virtio::net::{NetError, TapError};

@@ -1,6 +1,7 @@
 //! A microVM: created from a validated configuration or from saved state, then started,
 //! paused, resumed and stopped.
 
+mod fork;
 mod machine;
 pub(crate) mod quiesce;
 mod running;
@@ -26,6 +27,7 @@ use crate::vcpu::{self, run::SharedVcpu, Vcpu};
 use crate::virtio::{EventLoop, VirtioDevices};
 use zygote_devices::legacy::Serial;
 
+pub use fork::{Fork, ForkConfig, ForkError};
 pub use running::RunningVm;
 use serial_input::InputPump;
 pub use serial_input::SerialSource;
@@ -56,6 +58,8 @@ struct VmCore {
     gate: quiesce::Gate,
     /// Serializes pause, resume and capture between callers.
     lifecycle: Mutex<()>,
+    /// How many children this VM has forked (names and CIDs derived for them).
+    forks: std::sync::atomic::AtomicU64,
     context: Arc<KvmContext>,
     kvm: KvmVm,
 }
