@@ -21,7 +21,7 @@ mod sys;
 
 pub use engine::{
     EagerEngine, EngineError, EngineService, EngineStats, FailureSink, Mapping, MemoryEngine,
-    MmapEngine, RestoredMemory, StatsCounters,
+    MmapEngine, RestoredMemory, StatsCounters, UffdEngine,
 };
 pub use format::{SectionId, StateFile, StateFileError, StateFileWriter, WriteError};
 pub use memory::{

@@ -74,7 +74,7 @@ pub fn seek(file: &File, from: u64, whence: libc::c_int) -> io::Result<Option<u6
 }
 
 /// An eventfd used to stop a service thread.
-#[allow(dead_code)] // used by the uffd engines
+
 pub fn eventfd() -> io::Result<File> {
     // SAFETY: eventfd with constant flags.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -86,7 +86,7 @@ pub fn eventfd() -> io::Result<File> {
 }
 
 /// Signals an eventfd made by [`eventfd`].
-#[allow(dead_code)] // used by the uffd engines
+
 pub fn eventfd_signal(file: &File) {
     let one = 1u64.to_ne_bytes();
     // SAFETY: writes 8 bytes from a local buffer to an eventfd we own.
@@ -94,7 +94,7 @@ pub fn eventfd_signal(file: &File) {
 }
 
 /// Polls `fds` for readability for at most `timeout_ms`; returns the revents of each.
-#[allow(dead_code)] // used by the uffd engines
+
 pub fn poll_readable(fds: &[i32], timeout_ms: i32) -> io::Result<Vec<i16>> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()

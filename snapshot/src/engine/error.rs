@@ -47,7 +47,6 @@ impl EngineError {
         move |source| EngineError::Os { op, source }
     }
 
-    #[allow(dead_code)] // used by the uffd engines
     pub(crate) fn uffd(op: &'static str) -> impl FnOnce(userfaultfd::Error) -> EngineError {
         move |source| EngineError::Userfaultfd { op, source }
     }

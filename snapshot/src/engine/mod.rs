@@ -14,9 +14,11 @@
 
 mod eager;
 mod error;
+mod fault;
 mod mapping;
 mod mmap;
 mod service;
+mod uffd;
 
 use std::sync::Arc;
 
@@ -25,6 +27,7 @@ pub use error::EngineError;
 pub use mapping::Mapping;
 pub use mmap::MmapEngine;
 pub use service::{EngineService, EngineStats, StatsCounters};
+pub use uffd::{UffdEngine, DEFAULT_NEIGHBOURS};
 
 use crate::memory::{MemoryLayout, PageSource};
 

@@ -125,5 +125,5 @@ pub fn read_mapping(ptr: *const u8, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     // SAFETY: callers pass a live mapping of at least `len` bytes.
     unsafe { std::ptr::copy_nonoverlapping(ptr, v.as_mut_ptr(), len) };
-    v
+    std::hint::black_box(v)
 }

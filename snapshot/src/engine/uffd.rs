@@ -1,0 +1,147 @@
+//! The userfaultfd engine: memory served lazily by a handler thread.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use super::fault::{new_uffd, register, Exit, Handler, Region};
+use super::{
+    EngineError, EngineService, FailureSink, Mapping, MemoryEngine, RestoredMemory, StatsCounters,
+};
+use crate::memory::{MemoryLayout, PageBitmap, PageSource};
+
+/// Default number of pages served after the faulting one.
+pub const DEFAULT_NEIGHBOURS: u64 = 7;
+
+/// Serves the restored memory lazily: a sealed memfd mapped shared and registered with
+/// userfaultfd (MISSING mode); a handler thread serves each missing page from the source
+/// (raw, compressed or a diff chain) with `UFFDIO_COPY`, zero pages with `UFFDIO_ZEROPAGE`,
+/// plus up to [`UffdEngine::neighbours`] following pages per fault. Restore costs a memfd, a
+/// mapping and a registration; the thread is stopped and joined when the service is dropped.
+///
+/// On a source failure (image truncated, read error, corrupt chunk) the handler calls the
+/// failure sink and unregisters the memory: every blocked thread wakes and later faults read
+/// zeros, so the VMM must stop the VM.
+#[derive(Debug, Clone)]
+pub struct UffdEngine {
+    neighbours: u64,
+}
+
+impl Default for UffdEngine {
+    fn default() -> Self {
+        UffdEngine {
+            neighbours: DEFAULT_NEIGHBOURS,
+        }
+    }
+}
+
+impl UffdEngine {
+    /// The engine with [`DEFAULT_NEIGHBOURS`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves `n` pages after the faulting one on each fault (those not served yet).
+    pub fn neighbours(mut self, n: u64) -> Self {
+        self.neighbours = n;
+        self
+    }
+}
+
+impl MemoryEngine for UffdEngine {
+    fn name(&self) -> &str {
+        "uffd"
+    }
+
+    fn restore(
+        &mut self,
+        source: PageSource,
+        layout: &MemoryLayout,
+        on_failure: FailureSink,
+    ) -> Result<RestoredMemory, EngineError> {
+        let served = PageBitmap::new(layout.pages());
+        start_lazy(
+            source,
+            layout,
+            on_failure,
+            self.neighbours,
+            served,
+            Arc::new(StatsCounters::default()),
+            None,
+        )
+    }
+}
+
+/// Builds a memfd-backed mapping (memfd filled beforehand by `prefill`), registers it and
+/// starts a handler thread. `served` holds the pages already present.
+pub(crate) fn start_lazy(
+    source: PageSource,
+    layout: &MemoryLayout,
+    on_failure: FailureSink,
+    neighbours: u64,
+    served: PageBitmap,
+    counters: Arc<StatsCounters>,
+    prefill: Option<&dyn Fn(&std::fs::File) -> Result<(), EngineError>>,
+) -> Result<RestoredMemory, EngineError> {
+    if source.layout() != layout {
+        return Err(EngineError::LayoutMismatch);
+    }
+    let memfd = crate::sys::sealed_memfd("zygote-restore-uffd", layout.size())
+        .map_err(EngineError::os("memfd_create"))?;
+    if let Some(fill) = prefill {
+        fill(&memfd)?;
+    }
+    let mapping = Mapping::map_file(
+        &memfd,
+        layout.size(),
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED | libc::MAP_NORESERVE,
+    )
+    .map_err(EngineError::os("mmap memfd"))?;
+    let uffd = new_uffd()?;
+    let zeropage = register(&uffd, mapping.as_ptr(), mapping.len())?;
+    let handler = Handler {
+        uffd,
+        regions: vec![Region {
+            host: mapping.as_ptr() as usize,
+            size: layout.size(),
+            offset: 0,
+        }],
+        source,
+        served: Arc::new(Mutex::new(served)),
+        neighbours,
+        counters: counters.clone(),
+        on_failure: Some(on_failure),
+        zeropage,
+        buf: Vec::new(),
+    };
+    let service = spawn(handler, counters, None)?;
+    Ok(RestoredMemory {
+        mapping,
+        memfd: Some(memfd),
+        service: Some(service),
+    })
+}
+
+/// Runs `handler` on a new thread; the service's drop stops and joins it, then runs `after`.
+pub(crate) fn spawn(
+    handler: Handler,
+    counters: Arc<StatsCounters>,
+    after: Option<Box<dyn FnOnce() + Send>>,
+) -> Result<EngineService, EngineError> {
+    let stop = crate::sys::eventfd().map_err(EngineError::os("eventfd"))?;
+    let stop_for_thread = stop.try_clone().map_err(EngineError::os("dup eventfd"))?;
+    let thread: JoinHandle<Exit> = std::thread::Builder::new()
+        .name("zygote-uffd".into())
+        .spawn(move || handler.run(&stop_for_thread))
+        .map_err(EngineError::os("spawn handler thread"))?;
+    Ok(EngineService::new(
+        counters,
+        Box::new(move || {
+            crate::sys::eventfd_signal(&stop);
+            let _ = thread.join();
+            if let Some(after) = after {
+                after();
+            }
+        }),
+    ))
+}
