@@ -21,7 +21,7 @@ mod sys;
 
 pub use engine::{
     EagerEngine, EngineError, EngineService, EngineStats, FailureSink, Mapping, MemoryEngine,
-    MmapEngine, RestoredMemory, StatsCounters, UffdEngine,
+    MmapEngine, PrefetchEngine, RestoredMemory, StatsCounters, UffdEngine, WorkingSet,
 };
 pub use format::{SectionId, StateFile, StateFileError, StateFileWriter, WriteError};
 pub use memory::{

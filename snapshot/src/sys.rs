@@ -74,7 +74,6 @@ pub fn seek(file: &File, from: u64, whence: libc::c_int) -> io::Result<Option<u6
 }
 
 /// An eventfd used to stop a service thread.
-
 pub fn eventfd() -> io::Result<File> {
     // SAFETY: eventfd with constant flags.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -86,7 +85,6 @@ pub fn eventfd() -> io::Result<File> {
 }
 
 /// Signals an eventfd made by [`eventfd`].
-
 pub fn eventfd_signal(file: &File) {
     let one = 1u64.to_ne_bytes();
     // SAFETY: writes 8 bytes from a local buffer to an eventfd we own.
@@ -94,7 +92,6 @@ pub fn eventfd_signal(file: &File) {
 }
 
 /// Polls `fds` for readability for at most `timeout_ms`; returns the revents of each.
-
 pub fn poll_readable(fds: &[i32], timeout_ms: i32) -> io::Result<Vec<i16>> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()

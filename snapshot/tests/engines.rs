@@ -290,3 +290,90 @@ mod lazy {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+mod prefetch {
+    use super::*;
+    use zygote_snapshot::engine::WorkingSet;
+    use zygote_snapshot::{PrefetchEngine, PAGE_SIZE};
+
+    /// Touches the "working set" pages forward, page by page, and checks their bytes.
+    fn touch_working_set(restored: &RestoredMemory, layout: &MemoryLayout, seed: u8) {
+        let expect = common::expected(layout, seed);
+        for p in (0..100).chain(300..340).chain(700..705) {
+            let got = common::read_mapping(
+                restored.mapping.as_ptr().wrapping_add(p * PAGE_SIZE),
+                PAGE_SIZE,
+            );
+            assert!(
+                got[..] == expect[p * PAGE_SIZE..(p + 1) * PAGE_SIZE],
+                "page {p}"
+            );
+        }
+    }
+
+    #[test]
+    fn prefetch_records_the_working_set_and_cuts_the_faults_of_the_next_restore_tenfold() {
+        let layout = common::layout();
+        let dir = common::temp_dir("prefetch");
+        let path = raw_image(&dir, &layout, 3);
+        let ws = dir.join("working-set");
+        let mut engine = PrefetchEngine::new(&ws);
+        let (s, seen) = sink();
+        let first = engine
+            .restore(
+                PageSource::open_raw(&path, &layout).unwrap(),
+                &layout,
+                s.clone(),
+            )
+            .unwrap();
+        touch_working_set(&first, &layout, 3);
+        let first_stats = first.service.as_ref().unwrap().stats();
+        assert!(engine.save_working_set().unwrap());
+        drop(first);
+        let recorded = WorkingSet::load(&ws, &layout)
+            .unwrap()
+            .expect("working set written");
+        assert!(
+            recorded.pages().count() >= 145,
+            "{}",
+            recorded.pages().count()
+        );
+
+        let second = engine
+            .restore(PageSource::open_raw(&path, &layout).unwrap(), &layout, s)
+            .unwrap();
+        touch_working_set(&second, &layout, 3);
+        let second_stats = second.service.as_ref().unwrap().stats();
+        assert!(first_stats.faults > 0);
+        assert!(
+            second_stats.faults * 10 <= first_stats.faults,
+            "{first_stats:?} then {second_stats:?}"
+        );
+        assert_eq!(second_stats.prefetched_pages, recorded.pages().count());
+        // Pages outside the working set are still served lazily, and correctly.
+        let all = common::read_mapping(second.mapping.as_ptr(), layout.size() as usize);
+        assert!(all == common::expected(&layout, 3));
+        assert!(seen.lock().unwrap().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_working_set_is_refused() {
+        let layout = common::layout();
+        let dir = common::temp_dir("prefetch-bad");
+        let path = raw_image(&dir, &layout, 3);
+        let ws = dir.join("working-set");
+        std::fs::write(&ws, b"ZYGOTESN garbage").unwrap();
+        let (s, _) = sink();
+        let r = PrefetchEngine::new(&ws).restore(
+            PageSource::open_raw(&path, &layout).unwrap(),
+            &layout,
+            s,
+        );
+        assert!(
+            matches!(r, Err(EngineError::WorkingSetFile { .. })),
+            "{r:?}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -37,6 +37,15 @@ pub enum EngineError {
         #[source]
         source: userfaultfd::Error,
     },
+    /// A working-set file is corrupt.
+    #[error("working-set file {path}")]
+    WorkingSetFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        #[source]
+        source: crate::format::StateFileError,
+    },
     /// Writing the working-set file failed.
     #[error("writing the working set")]
     WorkingSet(#[from] crate::format::WriteError),

@@ -17,6 +17,7 @@ mod error;
 mod fault;
 mod mapping;
 mod mmap;
+mod prefetch;
 mod service;
 mod uffd;
 
@@ -26,6 +27,7 @@ pub use eager::EagerEngine;
 pub use error::EngineError;
 pub use mapping::Mapping;
 pub use mmap::MmapEngine;
+pub use prefetch::{PrefetchEngine, WorkingSet, WORKING_SET_VERSION};
 pub use service::{EngineService, EngineStats, StatsCounters};
 pub use uffd::{UffdEngine, DEFAULT_NEIGHBOURS};
 

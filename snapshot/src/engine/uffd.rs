@@ -7,7 +7,11 @@ use super::fault::{new_uffd, register, Exit, Handler, Region};
 use super::{
     EngineError, EngineService, FailureSink, Mapping, MemoryEngine, RestoredMemory, StatsCounters,
 };
-use crate::memory::{MemoryLayout, PageBitmap, PageSource};
+use std::os::unix::fs::FileExt;
+
+use crate::memory::{
+    raw::MAX_RUN_PAGES, MemoryLayout, PageBitmap, PageSource, PAGE_SIZE, PAGE_SIZE_U64,
+};
 
 /// Default number of pages served after the faulting one.
 pub const DEFAULT_NEIGHBOURS: u64 = 7;
@@ -58,37 +62,49 @@ impl MemoryEngine for UffdEngine {
         layout: &MemoryLayout,
         on_failure: FailureSink,
     ) -> Result<RestoredMemory, EngineError> {
-        let served = PageBitmap::new(layout.pages());
-        start_lazy(
-            source,
-            layout,
-            on_failure,
-            self.neighbours,
+        let served = Arc::new(Mutex::new(PageBitmap::new(layout.pages())));
+        let counters = Arc::new(StatsCounters::default());
+        let lazy = Lazy {
+            neighbours: self.neighbours,
             served,
-            Arc::new(StatsCounters::default()),
-            None,
-        )
+            counters,
+            prefill: None,
+            after: None,
+        };
+        start_lazy(source, layout, on_failure, lazy)
     }
 }
 
-/// Builds a memfd-backed mapping (memfd filled beforehand by `prefill`), registers it and
-/// starts a handler thread. `served` holds the pages already present.
+/// How [`start_lazy`] serves: neighbours per fault, the shared set of placed pages (a
+/// working-set recorder reads it), counters, pages to load in bulk first, and what to run
+/// after the service stopped.
+pub(crate) struct Lazy<'a> {
+    pub neighbours: u64,
+    pub served: Arc<Mutex<PageBitmap>>,
+    pub counters: Arc<StatsCounters>,
+    pub prefill: Option<&'a PageBitmap>,
+    pub after: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// Builds a memfd-backed mapping, loads the pages of `lazy.prefill` into it in bulk,
+/// registers it and starts a handler thread that serves every other page on demand.
 pub(crate) fn start_lazy(
-    source: PageSource,
+    mut source: PageSource,
     layout: &MemoryLayout,
     on_failure: FailureSink,
-    neighbours: u64,
-    served: PageBitmap,
-    counters: Arc<StatsCounters>,
-    prefill: Option<&dyn Fn(&std::fs::File) -> Result<(), EngineError>>,
+    lazy: Lazy<'_>,
 ) -> Result<RestoredMemory, EngineError> {
     if source.layout() != layout {
         return Err(EngineError::LayoutMismatch);
     }
     let memfd = crate::sys::sealed_memfd("zygote-restore-uffd", layout.size())
         .map_err(EngineError::os("memfd_create"))?;
-    if let Some(fill) = prefill {
-        fill(&memfd)?;
+    if let Some(pages) = lazy.prefill {
+        bulk_load(&mut source, pages, &memfd, &lazy.counters)?;
+        lazy.served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .or(pages);
     }
     let mapping = Mapping::map_file(
         &memfd,
@@ -107,19 +123,44 @@ pub(crate) fn start_lazy(
             offset: 0,
         }],
         source,
-        served: Arc::new(Mutex::new(served)),
-        neighbours,
-        counters: counters.clone(),
+        served: lazy.served,
+        neighbours: lazy.neighbours,
+        counters: lazy.counters.clone(),
         on_failure: Some(on_failure),
         zeropage,
         buf: Vec::new(),
     };
-    let service = spawn(handler, counters, None)?;
+    let service = spawn(handler, lazy.counters, lazy.after)?;
     Ok(RestoredMemory {
         mapping,
         memfd: Some(memfd),
         service: Some(service),
     })
+}
+
+/// Reads the pages of `pages` from `source` and writes them into `memfd` at their offsets
+/// (before the memory is registered, so they never fault).
+fn bulk_load(
+    source: &mut PageSource,
+    pages: &PageBitmap,
+    memfd: &std::fs::File,
+    counters: &StatsCounters,
+) -> Result<(), EngineError> {
+    let mut buf = vec![0u8; MAX_RUN_PAGES as usize * PAGE_SIZE];
+    for (first, count) in pages.runs() {
+        let mut page = first;
+        while page < first + count {
+            let n = (first + count - page).min(MAX_RUN_PAGES);
+            let chunk = &mut buf[..n as usize * PAGE_SIZE];
+            source.read_pages(page, chunk)?;
+            memfd
+                .write_all_at(chunk, page * PAGE_SIZE_U64)
+                .map_err(EngineError::os("write memfd"))?;
+            page += n;
+        }
+        StatsCounters::add(&counters.prefetched_pages, count);
+    }
+    Ok(())
 }
 
 /// Runs `handler` on a new thread; the service's drop stops and joins it, then runs `after`.
