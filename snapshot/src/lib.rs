@@ -20,8 +20,9 @@ pub mod memory;
 mod sys;
 
 pub use engine::{
-    EagerEngine, EngineError, EngineService, EngineStats, FailureSink, Mapping, MemoryEngine,
-    MmapEngine, PrefetchEngine, RestoredMemory, StatsCounters, UffdEngine, WorkingSet,
+    EagerEngine, EngineError, EngineService, EngineStats, FailureSink, FirecrackerUffdEngine,
+    Mapping, MemoryEngine, MmapEngine, PrefetchEngine, RestoredMemory, StatsCounters, UffdEngine,
+    WorkingSet,
 };
 pub use format::{SectionId, StateFile, StateFileError, StateFileWriter, WriteError};
 pub use memory::{

@@ -46,6 +46,9 @@ pub enum EngineError {
         #[source]
         source: crate::format::StateFileError,
     },
+    /// The external page server misbehaved or went away.
+    #[error("page server")]
+    PageServer(#[from] super::firecracker::PageServerError),
     /// Writing the working-set file failed.
     #[error("writing the working set")]
     WorkingSet(#[from] crate::format::WriteError),

@@ -9,7 +9,6 @@
 //! On a source error the handler calls the failure sink once, then unregisters every region,
 //! which wakes all blocked faulting threads; later faults are ordinary (zero-filled) faults.
 
-use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
@@ -47,8 +46,9 @@ pub(crate) enum Exit {
 }
 
 impl Handler {
-    /// Serves faults until `stop` is signalled or serving fails.
-    pub(crate) fn run(mut self, stop: &File) -> Exit {
+    /// Serves faults until `stop` becomes readable (an eventfd signalled, a socket closed by
+    /// its peer) or serving fails.
+    pub(crate) fn run(mut self, stop: &impl AsRawFd) -> Exit {
         let fds = [self.uffd.as_raw_fd(), stop.as_raw_fd()];
         loop {
             let revents = match crate::sys::poll_readable(&fds, -1) {

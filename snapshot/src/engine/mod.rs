@@ -15,6 +15,7 @@
 mod eager;
 mod error;
 mod fault;
+mod firecracker;
 mod mapping;
 mod mmap;
 mod prefetch;
@@ -25,6 +26,10 @@ use std::sync::Arc;
 
 pub use eager::EagerEngine;
 pub use error::EngineError;
+pub use firecracker::{
+    parse_handshake, raw_image_layout, serve_connection, serve_firecracker_handler,
+    FirecrackerUffdEngine, GuestRegionUffdMapping, PageServerError, DEFAULT_RESPONSE_BOUND,
+};
 pub use mapping::Mapping;
 pub use mmap::MmapEngine;
 pub use prefetch::{PrefetchEngine, WorkingSet, WORKING_SET_VERSION};
