@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use userfaultfd::{Event, Uffd};
 
-use super::{EngineError, FailureSink, StatsCounters};
+use super::{EngineError, FailureSink, Mapping, StatsCounters};
+use crate::memory::ImageError;
 use crate::memory::{is_zero, PageBitmap, PageSource, PAGE_SIZE, PAGE_SIZE_U64};
 
 /// One registered host region: `size` bytes at `host` hold image bytes from `offset`.
@@ -37,6 +38,10 @@ pub(crate) struct Handler {
     pub on_failure: Option<FailureSink>,
     pub zeropage: bool,
     pub buf: Vec<u8>,
+    /// A read-only shared mapping of the raw image when the source is one: pages are copied
+    /// straight from it (no `pread`, no staging buffer). A truncated image makes the copy fail
+    /// with `EFAULT` (the kernel's access, never a SIGBUS in the handler).
+    pub direct: Option<Mapping>,
 }
 
 /// Why the handler loop ended.
@@ -50,6 +55,7 @@ impl Handler {
     /// its peer) or serving fails.
     pub(crate) fn run(mut self, stop: &impl AsRawFd) -> Exit {
         let fds = [self.uffd.as_raw_fd(), stop.as_raw_fd()];
+        let mut events = userfaultfd::EventBuffer::new(16);
         loop {
             let revents = match crate::sys::poll_readable(&fds, -1) {
                 Ok(r) => r,
@@ -69,15 +75,25 @@ impl Handler {
                     source: std::io::Error::from(std::io::ErrorKind::BrokenPipe),
                 });
             }
-            loop {
-                match self.uffd.read_event() {
-                    Ok(None) => break,
-                    Ok(Some(Event::Pagefault { addr, .. })) => {
+            // One batch per wake-up: poll again rather than read until EAGAIN, which saves a
+            // syscall per fault when faults come one at a time (the common case).
+            let batch: Vec<_> = match self.uffd.read_events(&mut events) {
+                Ok(iter) => iter.collect(),
+                Err(source) => {
+                    return self.fail(EngineError::Userfaultfd {
+                        op: "read events",
+                        source,
+                    })
+                }
+            };
+            for event in batch {
+                match event {
+                    Ok(Event::Pagefault { addr, .. }) => {
                         if let Err(e) = self.serve(addr as usize) {
                             return self.fail(e);
                         }
                     }
-                    Ok(Some(_)) => {}
+                    Ok(_) => {}
                     Err(source) => {
                         return self.fail(EngineError::Userfaultfd {
                             op: "read event",
@@ -131,6 +147,28 @@ impl Handler {
         served.set_range(first, end - first);
         drop(served);
         let n = (end - first) as usize;
+        if let Some(direct) = &self.direct {
+            let src = direct.as_ptr().wrapping_add(first as usize * PAGE_SIZE);
+            // SAFETY: `first .. end` lies in the image (regions are checked against the layout
+            // and the mapping covers it); a source page gone (truncation) makes the kernel's
+            // copy fail with EFAULT rather than fault here.
+            let data = unsafe { std::slice::from_raw_parts(src.cast_const(), n * PAGE_SIZE) };
+            StatsCounters::add(&self.counters.pages_copied, n as u64);
+            return self.copy(host, data).map_err(|e| match e {
+                EngineError::Userfaultfd {
+                    source: userfaultfd::Error::CopyFailed(errno),
+                    ..
+                } if errno as i32 == libc::EFAULT => EngineError::Source(ImageError::Io {
+                    path: self
+                        .source
+                        .raw_file()
+                        .map(|(_, p)| p.to_path_buf())
+                        .unwrap_or_default(),
+                    source: std::io::Error::from_raw_os_error(libc::EFAULT),
+                }),
+                other => other,
+            });
+        }
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(n * PAGE_SIZE, 0);
         let read = self.source.read_pages(first, &mut buf[..n * PAGE_SIZE]);
@@ -243,6 +281,19 @@ impl Handler {
         }
         Ok(())
     }
+}
+
+/// A read-only shared mapping of `source`'s raw image for copying from directly, when the
+/// source is a single raw image (`None` otherwise or if mapping fails: the handler reads).
+pub(crate) fn direct_map(source: &PageSource) -> Option<Mapping> {
+    let (file, _) = source.raw_file()?;
+    Mapping::map_file(
+        file,
+        source.layout().size(),
+        libc::PROT_READ,
+        libc::MAP_SHARED,
+    )
+    .ok()
 }
 
 /// Creates a userfaultfd able to serve kernel-mode faults too (KVM touches guest memory from

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use userfaultfd::Uffd;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use super::fault::{new_uffd, register, Exit, Handler, Region};
+use super::fault::{direct_map, new_uffd, register, Exit, Handler, Region};
 use super::{
     EngineError, EngineService, FailureSink, Mapping, MemoryEngine, RestoredMemory, StatsCounters,
 };
@@ -318,6 +318,7 @@ pub fn serve_connection(
     let pages = source.layout().pages();
     let failure: Arc<Mutex<Option<EngineError>>> = Arc::default();
     let sink_slot = failure.clone();
+    let direct = direct_map(&source);
     let handler = Handler {
         uffd,
         regions,
@@ -330,6 +331,7 @@ pub fn serve_connection(
         })),
         zeropage: true,
         buf: Vec::new(),
+        direct,
     };
     match handler.run(&stream) {
         Exit::Stopped => Ok(()),

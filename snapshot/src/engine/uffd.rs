@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::fault::{new_uffd, register, Exit, Handler, Region};
+use super::fault::{direct_map, new_uffd, register, Exit, Handler, Region};
 use super::{
     EngineError, EngineService, FailureSink, Mapping, MemoryEngine, RestoredMemory, StatsCounters,
 };
@@ -115,6 +115,7 @@ pub(crate) fn start_lazy(
     .map_err(EngineError::os("mmap memfd"))?;
     let uffd = new_uffd()?;
     let zeropage = register(&uffd, mapping.as_ptr(), mapping.len())?;
+    let direct = direct_map(&source);
     let handler = Handler {
         uffd,
         regions: vec![Region {
@@ -129,6 +130,7 @@ pub(crate) fn start_lazy(
         on_failure: Some(on_failure),
         zeropage,
         buf: Vec::new(),
+        direct,
     };
     let service = spawn(handler, lazy.counters, lazy.after)?;
     Ok(RestoredMemory {

@@ -102,7 +102,22 @@ unsafe impl GuestRamReader for FdMemory<'_> {
     }
 
     fn data_extents(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u64)>> {
-        data_extents(self.file, offset, len)
+        let extents = data_extents(self.file, offset, len)?;
+        for &(off, l) in &extents {
+            // Map the extent's pages in one call instead of one fault per page (a writer
+            // reads every one of them). Best effort: an old kernel without
+            // MADV_POPULATE_READ just faults them one by one.
+            // SAFETY: `off .. off + l` lies inside our read-only mapping (extents are clipped
+            // to the layout, which the mapping covers); populating has no other effect.
+            unsafe {
+                libc::madvise(
+                    self.mapping.as_ptr().add(off as usize).cast(),
+                    l as usize,
+                    libc::MADV_POPULATE_READ,
+                )
+            };
+        }
+        Ok(extents)
     }
 }
 
