@@ -16,6 +16,7 @@ mod devices;
 mod error;
 mod exit;
 mod memory;
+pub mod snapshot;
 pub mod state;
 pub mod vcpu;
 mod virtio;
@@ -33,7 +34,10 @@ pub use devices::{
 pub use error::{Error, KvmError};
 pub use exit::{ExitReason, GuestFault};
 pub use memory::{GuestRam, MemoryError};
+pub use snapshot::{LoadError, MemoryFormat, Snapshot, SnapshotError, SnapshotInfo};
 pub use virtio::{EventLoopError, VirtioError, MAX_DEVICES};
+/// The snapshot crate: memory engines and formats, for programs that write their own engine.
+pub use zygote_snapshot as snapshot_format;
 // The device errors that appear inside `DeviceError`, `VirtioError` and `Error`, so callers
 // can match on them without depending on `zygote-devices`.
 pub use vm::{Fork, ForkConfig, ForkError, RestoreConfig, RunningVm, SerialSource, Vm};

@@ -195,6 +195,11 @@ impl Vm {
         &self.core.devices
     }
 
+    /// The VM's run-state, shared with whatever must be able to stop it.
+    pub(crate) fn control(&self) -> Arc<VmControl> {
+        self.core.control.clone()
+    }
+
     /// Starts the vCPU threads.
     pub fn start(self) -> Result<RunningVm, Error> {
         vcpu::install_kick_handler().map_err(vcpu::VcpuError::KickHandler)?;

@@ -23,10 +23,11 @@ const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A VM whose vCPUs are running (or paused). Dropping it shuts the VM down.
 pub struct RunningVm {
-    pub(super) core: VmCore,
+    // Field order is drop order: the vCPU threads and fds go before the VM and its memory.
     pub(super) threads: Vec<JoinHandle<()>>,
     /// The vCPUs, shared with their threads; read and written only while parked.
     pub(super) vcpus: Vec<SharedVcpu>,
+    pub(super) core: VmCore,
 }
 
 impl RunningVm {
