@@ -28,6 +28,10 @@ pub struct SharedMemory {
     _memfd: File,
 }
 
+// SAFETY: the mapping is plain memory owned by this value; the pointer is only its address,
+// and unmapping it from another thread (a VM dropped off the timed path) is sound.
+unsafe impl Send for SharedMemory {}
+
 impl Drop for SharedMemory {
     fn drop(&mut self) {
         // SAFETY: `addr` was returned by mmap for `size` bytes and is unmapped only here.
@@ -128,6 +132,46 @@ pub fn create_vm(mem_size: usize) -> Result<FloorVm, FloorError> {
         rip: 0x10_0000,
         rsp: 0x8ff0,
         rsi: 0x7000,
+        rflags: 2,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    Ok(FloorVm {
+        _vcpu: vcpu,
+        _vm: vm,
+        _memory: memory,
+    })
+}
+
+/// The raw sequence a fork competes with (../shared/FORK-PRIMITIVES.md §1): with `/dev/kvm`
+/// already open, a memfd mapped shared, `KVM_CREATE_VM`, the memory slot (before the irqchip,
+/// where it is cheap), `KVM_CREATE_IRQCHIP`, `KVM_CREATE_PIT2`, one vCPU with CPUID, special
+/// and general registers set. The caller should drop the VM off its timed path: closing a VM
+/// with an irqchip takes 15-25 ms here.
+pub fn create_vm_with_irqchip(
+    kvm: &Kvm,
+    cpuid: &kvm_bindings::CpuId,
+    mem_size: usize,
+) -> Result<FloorVm, FloorError> {
+    let memory = map_memfd(mem_size)?;
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    memory.register(&vm, 0)?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    vm.create_pit2(kvm_bindings::kvm_pit_config::default())
+        .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+    vcpu.set_cpuid2(cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+    let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    sregs.cr0 |= 0x8000_0031;
+    sregs.cr3 = 0x9000;
+    sregs.cr4 |= 0x20;
+    sregs.efer |= 0x500;
+    sregs.cs.l = 1;
+    vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+    let regs = kvm_regs {
+        rip: 0x10_0000,
+        rsp: 0x8ff0,
         rflags: 2,
         ..Default::default()
     };

@@ -2,7 +2,6 @@
 //! Unix socket (`CONNECT <port>` handshake, then length-prefixed frames).
 
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -10,6 +9,9 @@ use zygote_guest_proto::agent::{
     frame_len, DecodeError, Opcode, Request, Response, LEN_PREFIX, MAX_FRAME,
 };
 pub use zygote_guest_proto::agent::{ErrorCode, AGENT_COUNTER_ADDR, AGENT_PORT, DISK_ID_LEN};
+
+use crate::exit::ExitReason;
+use conn::{connect_unix, Conn, StopCheck, Stopped};
 
 /// Errors from talking to the guest agent.
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +27,16 @@ pub enum AgentError {
         /// What went wrong on the last attempt.
         source: io::Error,
     },
-    /// Reading from or writing to the connection failed.
+    /// The VM stopped (before or during a connect or a request), so no agent can answer.
+    #[error("the VM stopped ({0:?}), so the agent cannot answer")]
+    VmStopped(ExitReason),
+    /// A request timeout of zero was asked for.
+    #[error("the agent request timeout must be longer than zero")]
+    ZeroTimeout,
+    /// Reading from or writing to the connection failed (`TimedOut` when the request timeout
+    /// passed without progress).
     #[error("agent connection failed: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The request could not be encoded (too large for a frame).
     #[error("the request does not fit an agent frame")]
     Encode,
@@ -45,47 +54,122 @@ pub enum AgentError {
     Desynchronized,
 }
 
-/// A connection to the guest agent.
-///
-/// Each read or write on the connection waits at most [`IO_TIMEOUT`] (plus a request's own
-/// wait, for `net_recv`). After any error in the middle of a request the client refuses
-/// further requests with [`AgentError::Desynchronized`]: a late answer would otherwise be
-/// taken for the answer to the next request.
-pub struct AgentClient {
-    stream: BufReader<UnixStream>,
-    frame: Vec<u8>,
-    broken: bool,
+impl From<io::Error> for AgentError {
+    /// An I/O error, or [`AgentError::VmStopped`] when the wait ended because the VM stopped.
+    fn from(e: io::Error) -> Self {
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<Stopped>())
+        {
+            Some(Stopped(reason)) => Self::VmStopped(reason.clone()),
+            None => Self::Io(e),
+        }
+    }
 }
 
-/// Longest a single read or write on the agent connection waits.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection to the guest agent.
+///
+/// Two timeouts, never mixed: the connect deadline bounds connecting only (socket, handshake
+/// and retries); after that, each read or write of a request waits at most the request
+/// timeout ([`REQUEST_TIMEOUT`] unless [`AgentClient::set_request_timeout`] changed it) for
+/// progress, plus a request's own wait for `net_recv`. A client made with a stop check
+/// ([`AgentClient::connect_watching`], or [`crate::RunningVm::agent`]) also stops waiting
+/// with [`AgentError::VmStopped`] once the VM has stopped. After any error in the middle of a
+/// request the client refuses further requests with [`AgentError::Desynchronized`]: a late
+/// answer would otherwise be taken for the answer to the next request.
+pub struct AgentClient {
+    stream: BufReader<Conn>,
+    frame: Vec<u8>,
+    broken: bool,
+    request_timeout: Duration,
+}
+
+/// The default request timeout: the longest one read or write of a request waits for
+/// progress (a slow request such as a large `touch` makes progress only when it answers).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl AgentClient {
     /// Connects through the vsock Unix socket at `uds_path` to guest `port`, retrying until
-    /// the guest accepts or `timeout` passes (the agent may still be starting).
+    /// the guest accepts or `timeout` passes (the agent may still be starting). `timeout`
+    /// bounds connecting only; requests then use [`REQUEST_TIMEOUT`].
+    ///
+    /// Errors: [`AgentError::Connect`] with the last attempt's error once `timeout` passed.
     pub fn connect(uds_path: &Path, port: u32, timeout: Duration) -> Result<Self, AgentError> {
+        Self::connect_inner(uds_path, port, timeout, None)
+    }
+
+    /// [`AgentClient::connect`] for a VM that may stop: `stopped` says whether it has (and
+    /// why). It is asked before every attempt and every 50 ms while one waits, and later while
+    /// requests wait, so a stopped VM fails them at once with [`AgentError::VmStopped`]
+    /// instead of after their timeouts.
+    pub fn connect_watching(
+        uds_path: &Path,
+        port: u32,
+        timeout: Duration,
+        stopped: impl FnMut() -> Option<ExitReason> + Send + 'static,
+    ) -> Result<Self, AgentError> {
+        Self::connect_inner(uds_path, port, timeout, Some(Box::new(stopped)))
+    }
+
+    fn connect_inner(
+        uds_path: &Path,
+        port: u32,
+        timeout: Duration,
+        mut stopped: Option<StopCheck>,
+    ) -> Result<Self, AgentError> {
         let deadline = Instant::now().checked_add(timeout);
         // Retries back off: every attempt is a connection the device must set up and tear down.
         let mut pause = Duration::from_millis(2);
         loop {
+            if let Some(reason) = stopped.as_mut().and_then(|check| check()) {
+                return Err(AgentError::VmStopped(reason));
+            }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            match handshake(uds_path, port, left.unwrap_or(IO_TIMEOUT)) {
-                Ok(stream) => {
+            match handshake(uds_path, port, left.unwrap_or(REQUEST_TIMEOUT), stopped) {
+                Ok(mut conn) => {
+                    conn.set_timeout(REQUEST_TIMEOUT)
+                        .map_err(|source| AgentError::Connect { port, source })?;
                     return Ok(Self {
-                        stream: BufReader::new(stream),
+                        stream: BufReader::new(conn),
                         frame: Vec::new(),
                         broken: false,
-                    })
+                        request_timeout: REQUEST_TIMEOUT,
+                    });
                 }
-                Err(source) if left.is_some_and(|l| l.is_zero()) => {
-                    return Err(AgentError::Connect { port, source })
-                }
-                Err(_) => {
-                    std::thread::sleep(pause);
+                Err((e, check)) => {
+                    let source = match AgentError::from(e) {
+                        AgentError::VmStopped(reason) => return Err(AgentError::VmStopped(reason)),
+                        AgentError::Io(source) => source,
+                        other => io::Error::other(other.to_string()),
+                    };
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    if left.is_some_and(|l| l.is_zero()) {
+                        return Err(AgentError::Connect { port, source });
+                    }
+                    stopped = check;
+                    std::thread::sleep(pause.min(left.unwrap_or(pause)));
                     pause = (pause * 2).min(Duration::from_millis(100));
                 }
             }
         }
+    }
+
+    /// How long one read or write of a request waits for progress.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Sets how long one read or write of a request waits for progress before the request
+    /// fails with [`AgentError::Io`] (`TimedOut`); the connection is then desynchronized.
+    ///
+    /// Errors: [`AgentError::ZeroTimeout`] for zero; [`AgentError::Io`] if the socket refuses.
+    pub fn set_request_timeout(&mut self, timeout: Duration) -> Result<(), AgentError> {
+        if timeout.is_zero() {
+            return Err(AgentError::ZeroTimeout);
+        }
+        self.stream.get_mut().set_timeout(timeout)?;
+        self.request_timeout = timeout;
+        Ok(())
     }
 
     /// Sends `request` and returns the agent's response (an error status is an `Err`).
@@ -103,7 +187,10 @@ impl AgentClient {
             return Err(AgentError::Desynchronized);
         }
         let result = io(self);
-        if matches!(result, Err(AgentError::Io(_) | AgentError::Decode(_))) {
+        if matches!(
+            result,
+            Err(AgentError::Io(_) | AgentError::Decode(_) | AgentError::VmStopped(_))
+        ) {
             self.broken = true;
         }
         result
@@ -143,26 +230,44 @@ impl AgentClient {
         Ok(())
     }
 
-    /// Lets reads wait `extra` longer than [`IO_TIMEOUT`] (for requests that wait in the
-    /// guest), or restores the default with `Duration::ZERO`.
-    fn extend_read_timeout(&mut self, extra: Duration) -> Result<(), AgentError> {
-        let timeout = IO_TIMEOUT.saturating_add(extra);
-        self.guarded(|client| Ok(client.stream.get_ref().set_read_timeout(Some(timeout))?))
+    /// Lets reads and writes wait `extra` longer than the request timeout (for requests that
+    /// wait in the guest), or restores the request timeout with `Duration::ZERO`.
+    fn extend_timeout(&mut self, extra: Duration) -> Result<(), AgentError> {
+        let timeout = self.request_timeout.saturating_add(extra);
+        self.guarded(|client| Ok(client.stream.get_mut().set_timeout(timeout)?))
     }
 }
 
-/// Connects, sends `CONNECT <port>\n` and waits at most `wait` for `OK <host port>\n`.
-fn handshake(uds_path: &Path, port: u32, wait: Duration) -> io::Result<UnixStream> {
-    let mut stream = UnixStream::connect(uds_path)?;
-    // A zero timeout means "none" to the socket API: wait at least a millisecond.
-    stream.set_read_timeout(Some(wait.max(Duration::from_millis(1)).min(IO_TIMEOUT)))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
+/// The error of a failed handshake, with the stop check handed back for the next attempt.
+type Refused = (io::Error, Option<StopCheck>);
+
+/// Connects, sends `CONNECT <port>\n` and waits for `OK <host port>\n`, every step bounded by
+/// `wait` (the connect deadline's remainder, never the request timeout).
+fn handshake(
+    uds_path: &Path,
+    port: u32,
+    wait: Duration,
+    stopped: Option<StopCheck>,
+) -> Result<Conn, Refused> {
+    let stream = match connect_unix(uds_path) {
+        Ok(stream) => stream,
+        Err(e) => return Err((e, stopped)),
+    };
+    let mut conn = Conn::new(stream, wait.max(Duration::from_millis(1)), stopped)?;
+    match exchange(&mut conn, port) {
+        Ok(()) => Ok(conn),
+        Err(e) => Err((e, conn.into_stop_check())),
+    }
+}
+
+/// The handshake's request and reply on a connected socket.
+fn exchange(conn: &mut Conn, port: u32) -> io::Result<()> {
+    conn.write_all(format!("CONNECT {port}\n").as_bytes())?;
     let mut line = String::new();
     // Byte by byte, so nothing past the reply line is consumed.
     let mut byte = [0u8];
     while !line.ends_with('\n') {
-        if stream.read(&mut byte)? == 0 {
+        if conn.read(&mut byte)? == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
                 "guest refused",
@@ -182,52 +287,12 @@ fn handshake(uds_path: &Path, port: u32, wait: Duration) -> io::Result<UnixStrea
             line.trim().to_string(),
         ));
     }
-    Ok(stream)
+    Ok(())
 }
 
+mod conn;
 mod ops;
 pub use ops::GuestIdentity;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn client(stream: UnixStream) -> AgentClient {
-        AgentClient {
-            stream: BufReader::new(stream),
-            frame: Vec::new(),
-            broken: false,
-        }
-    }
-
-    #[test]
-    fn a_request_cut_short_desynchronizes_the_client() {
-        let (ours, mut agent) = UnixStream::pair().unwrap();
-        let mut client = client(ours);
-        // The agent answers half a frame, then goes quiet.
-        let server = std::thread::spawn(move || {
-            let mut request = [0u8; 5];
-            agent.read_exact(&mut request).unwrap();
-            agent.write_all(&[6, 0, 0, 0, 0]).unwrap();
-            agent
-        });
-        client
-            .stream
-            .get_ref()
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        assert!(matches!(client.ping(), Err(AgentError::Io(_))));
-        // Whatever arrives later must not be taken for the next answer.
-        let _agent = server.join().unwrap();
-        assert!(matches!(client.ping(), Err(AgentError::Desynchronized)));
-    }
-
-    #[test]
-    fn a_garbled_length_desynchronizes_the_client() {
-        let (ours, mut agent) = UnixStream::pair().unwrap();
-        let mut client = client(ours);
-        agent.write_all(&u32::MAX.to_le_bytes()).unwrap();
-        assert!(matches!(client.ping(), Err(AgentError::Decode(_))));
-        assert!(matches!(client.ping(), Err(AgentError::Desynchronized)));
-    }
-}
+mod tests;

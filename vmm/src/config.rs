@@ -71,10 +71,11 @@ pub enum ConfigError {
         /// Underlying error.
         source: std::io::Error,
     },
-    /// The command line is longer than the boot protocol allows.
+    /// The command line the guest would get (with the virtio device entries added) is longer
+    /// than the boot protocol allows.
     #[error("cmdline: {len} bytes is longer than the maximum of {max}")]
     CmdlineTooLong {
-        /// Length given, in bytes.
+        /// Length of the final line, in bytes, without its NUL.
         len: usize,
         /// Maximum length, in bytes.
         max: usize,
@@ -176,19 +177,23 @@ impl VmBuilder {
         self
     }
 
-    /// The kernel: an ELF image (a Linux `vmlinux` or Zygote's guest kernel).
+    /// The kernel: an ELF image (a Linux `vmlinux` or Zygote's guest kernel) in a regular file
+    /// or a block device.
     pub fn kernel(mut self, path: impl AsRef<Path>) -> Self {
         self.kernel = Some(path.as_ref().to_path_buf());
         self
     }
 
-    /// The kernel command line.
+    /// The kernel command line. Zygote's own kernel parameters (one `virtio_mmio.device=`
+    /// entry per device) go before the first `--` word, so the words after it reach init
+    /// exactly as given; with no `--` they are appended.
     pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
         self.cmdline = cmdline.into();
         self
     }
 
-    /// An initial ramdisk loaded at the top of low memory.
+    /// An initial ramdisk loaded at the top of low memory: a regular file or a block device,
+    /// all of whose bytes are loaded.
     pub fn initrd(mut self, path: impl AsRef<Path>) -> Self {
         self.initrd = Some(path.as_ref().to_path_buf());
         self
@@ -240,7 +245,7 @@ impl VmBuilder {
         let initrd = self
             .initrd
             .map(|path| {
-                open_regular(&path).map_err(|source| ConfigError::InitrdUnreadable { path, source })
+                open_image(&path).map_err(|source| ConfigError::InitrdUnreadable { path, source })
             })
             .transpose()?;
         Ok(VmConfig {
@@ -294,7 +299,7 @@ fn open_kernel(path: &Path) -> Result<File, ConfigError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = open_regular(path).map_err(unreadable)?;
+    let mut file = open_image(path).map_err(unreadable)?;
     let mut magic = [0u8; 4];
     let is_elf = match file.read_exact(&mut magic) {
         Ok(()) => magic == *b"\x7fELF",
@@ -309,13 +314,15 @@ fn open_kernel(path: &Path) -> Result<File, ConfigError> {
     Ok(file)
 }
 
-/// Opens a regular file for reading. Anything else (a FIFO would block the open, a directory
-/// cannot hold an image) is refused first.
-fn open_regular(path: &Path) -> std::io::Result<File> {
-    if !std::fs::metadata(path)?.is_file() {
+/// Opens a regular file or a block device for reading. Anything else (a FIFO would block the
+/// open, a directory cannot hold an image) is refused first.
+fn open_image(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path)?.file_type();
+    if !kind.is_file() && !kind.is_block_device() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            "not a regular file",
+            "not a regular file or block device",
         ));
     }
     File::open(path)
@@ -333,12 +340,11 @@ fn validate_device_count(devices: &DeviceConfigs) -> Result<u32, ConfigError> {
     }
 }
 
-/// Checks the command line as the guest will get it: with one entry per virtio device added.
+/// Checks the command line as the guest will get it: with one entry per virtio device added
+/// where `boot::cmdline::with_additions` puts them.
 fn validate_cmdline(cmdline: &str, devices: u32) -> Result<(), ConfigError> {
-    let entries: usize = (0..devices)
-        .map(|i| 1 + crate::virtio::cmdline_entry(i).len())
-        .sum();
-    let len = cmdline.len() + entries;
+    let entries: Vec<String> = (0..devices).map(crate::virtio::cmdline_entry).collect();
+    let len = crate::boot::cmdline::with_additions(cmdline, &entries).len();
     // The boot protocol needs room for the terminating NUL.
     if len >= CMDLINE_MAX_SIZE {
         return Err(ConfigError::CmdlineTooLong {
@@ -393,6 +399,39 @@ mod tests {
             validate_cmdline(&almost, 1),
             Err(ConfigError::CmdlineTooLong { .. })
         ));
+    }
+
+    /// Length of the line the guest gets for `cmdline` with `devices` entries, or the error.
+    fn final_len(cmdline: &str, devices: u32) -> Result<(), usize> {
+        match validate_cmdline(cmdline, devices) {
+            Ok(()) => Ok(()),
+            Err(ConfigError::CmdlineTooLong { len, .. }) => Err(len),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn the_length_limit_counts_the_final_line_with_devices() {
+        let entry = crate::virtio::cmdline_entry(0).len();
+        let max = CMDLINE_MAX_SIZE - 1;
+        // Longest user line that still fits with one device, with the entry appended or put
+        // before a `--`, even one at the very end: the final line is the same length.
+        let fits = max - 1 - entry;
+        for tail in ["", " -- -c true", " --", " -- a -- b"] {
+            let user = "x".repeat(fits - tail.len()) + tail;
+            assert_eq!(final_len(&user, 1), Ok(()), "{tail:?}");
+            let over = "x".repeat(fits + 1 - tail.len()) + tail;
+            assert_eq!(final_len(&over, 1), Err(max + 1), "{tail:?}");
+        }
+        // Trailing spaces before the entry are not in the final line.
+        let spaced = "x".repeat(fits) + "   ";
+        assert_eq!(final_len(&spaced, 1), Ok(()));
+        // An empty user line gets the entries alone, without a leading space.
+        let entries: usize = (0..16).map(|i| crate::virtio::cmdline_entry(i).len()).sum();
+        assert_eq!(final_len("", 16), Ok(()));
+        let user = "x".repeat(max - entries - 16);
+        assert_eq!(final_len(&user, 16), Ok(()));
+        assert_eq!(final_len(&(user + "x"), 16), Err(max + 1));
     }
 
     #[test]

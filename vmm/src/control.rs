@@ -314,4 +314,47 @@ mod tests {
         let wakes = vcpu.join().unwrap();
         assert!(wakes.iter().all(|&wake| wake == Wake::Rung), "{wakes:?}");
     }
+
+    /// A vCPU thread that registers and then never comes back to `next()` (stuck in a device).
+    fn stuck_vcpu(control: &Arc<VmControl>) -> Box<kvm_run> {
+        let mut run = Box::new(kvm_run::default());
+        control.register(0, Kick::for_current_thread(&mut run));
+        run
+    }
+
+    #[test]
+    fn a_pause_cut_short_by_a_stop_says_so_instead_of_blaming_the_state() {
+        crate::vcpu::install_kick_handler().unwrap();
+        let control = Arc::new(VmControl::new(1, Arc::new(Doorbell::default())));
+        let _run = stuck_vcpu(&control);
+        let stopper = control.clone();
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            stopper.finish(ExitReason::Shutdown);
+        });
+        assert_eq!(
+            control.pause(),
+            Err(PauseError::Interrupted(VmState::Stopped))
+        );
+        thread.join().unwrap();
+        control.unregister(0);
+    }
+
+    #[test]
+    fn a_pause_cut_short_by_a_resume_says_so() {
+        crate::vcpu::install_kick_handler().unwrap();
+        let control = Arc::new(VmControl::new(1, Arc::new(Doorbell::default())));
+        let _run = stuck_vcpu(&control);
+        let resumer = control.clone();
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            resumer.resume().unwrap();
+        });
+        assert_eq!(
+            control.pause(),
+            Err(PauseError::Interrupted(VmState::Running))
+        );
+        thread.join().unwrap();
+        control.unregister(0);
+    }
 }

@@ -1,13 +1,13 @@
 //! The virtio devices a VM can have, as the builder takes them, and their creation.
 
 use std::fs::{File, Metadata};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
 use zygote_devices::virtio::block::{
-    Block, BlockBackend, BlockError, FileOverlay, Overlay, RawFile,
+    storage_kind, Block, BlockBackend, BlockError, FileOverlay, Overlay, RawFile, StorageKind,
 };
 use zygote_devices::virtio::mmio::MmioTransport;
 use zygote_devices::virtio::net::{Net, NetBackend, NetError, PacketBackend, Tap, TapError};
@@ -20,10 +20,17 @@ pub use zygote_devices::virtio::vsock::VsockConfig;
 
 use crate::virtio::{VirtioDevices, VirtioError};
 
-/// A virtio-blk disk backed by a raw image file.
+/// A virtio-blk disk backed by a raw image: a regular file or a block device.
+///
+/// The disk's size is the image's size when the VM is built: a regular file's length, a block
+/// device's size (`BLKGETSIZE64`). Its capacity is that size in 512-byte sectors, rounded down:
+/// a tail of less than a sector (a regular file whose size is not a multiple of 512) is not
+/// addressable and never read or written, as in Firecracker. The capacity then stays fixed; if
+/// the image shrinks while the VM runs, bytes past its new end read as zeros, and sectors an
+/// overlay holds whole never depend on the image at all.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockConfig {
-    /// The raw image.
+    /// The raw image, a regular file or a block device.
     pub path: PathBuf,
     /// The guest may not write.
     pub read_only: bool,
@@ -41,7 +48,12 @@ pub enum BlockOverlay {
     Memory,
     /// In a sparse file the size of the image, 4 KiB block by 4 KiB block. The VMM creates the
     /// file, or truncates it if it exists; which blocks it holds is known only to the running
-    /// VM, so the file alone is not a disk image.
+    /// VM, so the file alone is not a disk image. A block device may be named instead: it is
+    /// used as it is (not emptied; it must hold at least the image's size).
+    ///
+    /// If the build fails after the file was created, the VMM removes the file it created. An
+    /// existing file it truncated is left in place, emptied: the path, its owner, mode and links
+    /// are the caller's, and its old contents were given up by naming it as an overlay.
     File(PathBuf),
 }
 
@@ -69,7 +81,7 @@ impl BlockConfig {
     }
 
     /// Sends the guest's writes to an overlay file at `path` (created, or truncated if it
-    /// exists), leaving the image untouched.
+    /// exists; see [`BlockOverlay::File`]), leaving the image untouched.
     pub fn overlay_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.overlay = Some(BlockOverlay::File(path.into()));
         self
@@ -137,7 +149,8 @@ pub enum DeviceError {
         /// Underlying error.
         source: std::io::Error,
     },
-    /// The overlay file is the disk image itself (the same file, under any name).
+    /// The overlay file is the disk image itself (the same file under any name, the same block
+    /// device under another node, or a loop device and the file behind it).
     #[error("block: the overlay file {overlay} is the disk image {image}; choose another path")]
     OverlayIsImage {
         /// The overlay file path.
@@ -181,6 +194,26 @@ pub struct DeviceHandles {
 }
 
 impl DeviceHandles {
+    /// Moves every virtio device to `memory`, a new mapping of the same guest memory. The VM
+    /// must be paused.
+    pub(crate) fn set_memory(&self, memory: &Memory) {
+        fn one<D: zygote_devices::virtio::VirtioDevice>(
+            transport: &Mutex<MmioTransport<D>>,
+            memory: &Memory,
+        ) {
+            let mut transport = transport.lock().unwrap_or_else(|p| p.into_inner());
+            transport.set_memory(memory.clone());
+        }
+        self.blocks.iter().for_each(|t| one(t, memory));
+        self.nets.iter().for_each(|t| one(t, memory));
+        self.vsock_device.iter().for_each(|t| one(t, memory));
+    }
+
+    /// The vsock device's CID and Unix socket path, if the VM has one.
+    pub fn vsock_config(&self) -> Option<&VsockConfig> {
+        self.vsock.as_ref()
+    }
+
     /// Frame and byte counters of net device `index` (in the order they were added).
     pub fn net_stats(&self, index: usize) -> Option<NetStatsSnapshot> {
         let net = self.nets.get(index)?;
@@ -189,19 +222,21 @@ impl DeviceHandles {
     }
 }
 
-/// Creates every configured device and attaches it.
+/// Creates every configured device and attaches it. Overlay files it creates are recorded in
+/// `created`, which removes them again unless the caller keeps them.
 pub(crate) fn attach_all(
     configs: DeviceConfigs,
     vm: &VmFd,
     mmio: &mut Bus,
     memory: &Memory,
     devices: &mut VirtioDevices,
+    created: &mut CreatedFiles,
 ) -> Result<DeviceHandles, DeviceError> {
     let mut handles = DeviceHandles::default();
     for config in configs.blocks {
         handles
             .blocks
-            .push(devices.attach(vm, mmio, memory, block(&config)?)?);
+            .push(devices.attach(vm, mmio, memory, block(&config, created)?)?);
     }
     for config in configs.nets {
         handles
@@ -218,7 +253,6 @@ pub(crate) fn attach_all(
 /// Refuses a disk image that is neither a regular file nor a block device: opening a FIFO
 /// would block the VMM, and nothing else can hold sectors.
 fn check_image_type(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
     let kind = std::fs::metadata(path)?.file_type();
     if kind.is_file() || kind.is_block_device() {
         Ok(())
@@ -230,13 +264,20 @@ fn check_image_type(path: &Path) -> std::io::Result<()> {
     }
 }
 
-pub(crate) fn block(config: &BlockConfig) -> Result<Block, DeviceError> {
-    let backend = block_backend(config)?;
+pub(crate) fn block(
+    config: &BlockConfig,
+    created: &mut CreatedFiles,
+) -> Result<Block, DeviceError> {
+    let backend = block_backend(config, created)?;
     Ok(Block::new(backend, config.read_only, &config.id)?)
 }
 
-/// Opens a disk's image and its overlay, as `config` says.
-pub(crate) fn block_backend(config: &BlockConfig) -> Result<Box<dyn BlockBackend>, DeviceError> {
+/// Opens a disk's image and its overlay, as `config` says; overlay files it creates are
+/// recorded in `created`.
+pub(crate) fn block_backend(
+    config: &BlockConfig,
+    created: &mut CreatedFiles,
+) -> Result<Box<dyn BlockBackend>, DeviceError> {
     check_image_type(&config.path).map_err(|source| DeviceError::BlockOpen {
         path: config.path.clone(),
         source,
@@ -256,7 +297,7 @@ pub(crate) fn block_backend(config: &BlockConfig) -> Result<Box<dyn BlockBackend
         None => Box::new(raw),
         Some(BlockOverlay::Memory) => Box::new(Overlay::new(raw)),
         Some(BlockOverlay::File(path)) => {
-            let overlay = overlay_file(path, &image, &config.path)?;
+            let overlay = overlay_file(path, &image, &config.path, created)?;
             Box::new(FileOverlay::new(raw, overlay).map_err(|source| {
                 DeviceError::OverlayCreate {
                     path: path.clone(),
@@ -268,29 +309,112 @@ pub(crate) fn block_backend(config: &BlockConfig) -> Result<Box<dyn BlockBackend
 }
 
 /// Creates or opens the overlay file at `path` and empties it, refusing the image itself
-/// (`image` is the image's metadata).
-fn overlay_file(path: &Path, image: &Metadata, image_path: &Path) -> Result<File, DeviceError> {
+/// (`image` is the image's metadata). A file it creates is recorded in `created`; an existing
+/// regular file is truncated to 0 bytes; an existing block device is used as it is (it cannot
+/// be emptied, and the overlay never reads a block it has not written).
+fn overlay_file(
+    path: &Path,
+    image: &Metadata,
+    image_path: &Path,
+    created: &mut CreatedFiles,
+) -> Result<File, DeviceError> {
     let create_error = |source| DeviceError::OverlayCreate {
         path: path.to_path_buf(),
         source,
     };
-    // Not truncated on open: the image must be told apart first, or truncating would wipe it.
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(create_error)?;
+    let (file, new) = open_or_create(path).map_err(create_error)?;
     let ours = file.metadata().map_err(create_error)?;
-    if (ours.dev(), ours.ino()) == (image.dev(), image.ino()) {
+    if new {
+        created.record(path, &ours);
+    }
+    if same_storage(&ours, image) {
         return Err(DeviceError::OverlayIsImage {
             overlay: path.to_path_buf(),
             image: image_path.to_path_buf(),
         });
     }
-    file.set_len(0).map_err(create_error)?;
+    // Not truncated on open: the image must be told apart first, or truncating would wipe it.
+    match storage_kind(&file).map_err(create_error)? {
+        StorageKind::Regular => file.set_len(0).map_err(create_error)?,
+        StorageKind::BlockDevice => {}
+    }
     Ok(file)
+}
+
+/// Opens `path` for reading and writing, creating it if it does not exist; says whether this
+/// call created the file at `path` itself. `O_EXCL` makes that exact: when `path` exists, even
+/// as a dangling symbolic link, it is opened (a link's missing target is created through it,
+/// but is not counted as created here, so it is never removed).
+fn open_or_create(path: &Path) -> std::io::Result<(File, bool)> {
+    let mut options = File::options();
+    options.read(true).write(true);
+    match options.clone().create_new(true).open(path) {
+        Ok(file) => Ok((file, true)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok((options.create(true).open(path)?, false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether two open files are the same storage: the same inode, the same block device under
+/// two device nodes, or a loop device and the file behind it.
+fn same_storage(a: &Metadata, b: &Metadata) -> bool {
+    let inode = |m: &Metadata| (m.dev(), m.ino());
+    let device = |m: &Metadata| m.file_type().is_block_device().then(|| m.rdev());
+    inode(a) == inode(b)
+        || device(a).is_some_and(|r| device(b) == Some(r))
+        || loop_backing(a).is_some_and(|id| id == inode(b))
+        || loop_backing(b).is_some_and(|id| id == inode(a))
+}
+
+/// The (device, inode) of the file behind a loop device, from sysfs; `None` for anything else.
+fn loop_backing(meta: &Metadata) -> Option<(u64, u64)> {
+    if !meta.file_type().is_block_device() {
+        return None;
+    }
+    let rdev = meta.rdev();
+    // The glibc encoding of `dev_t`.
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    let sys = format!("/sys/dev/block/{major}:{minor}/loop/backing_file");
+    let backing = std::fs::read_to_string(sys).ok()?;
+    let backing = std::fs::metadata(backing.trim_end_matches('\n')).ok()?;
+    Some((backing.dev(), backing.ino()))
+}
+
+/// Files a VM's build created (overlay files), removed again when this is dropped, unless
+/// [`CreatedFiles::keep`] was called: a build that fails leaves behind nothing it created.
+/// A file is removed only if its path still names the file that was created (same device and
+/// inode), so a file someone put there since is left alone.
+#[derive(Default)]
+pub(crate) struct CreatedFiles {
+    files: Vec<(PathBuf, (u64, u64))>,
+}
+
+impl CreatedFiles {
+    fn record(&mut self, path: &Path, meta: &Metadata) {
+        self.files
+            .push((path.to_path_buf(), (meta.dev(), meta.ino())));
+    }
+
+    /// The build succeeded: the files stay.
+    pub(crate) fn keep(mut self) {
+        self.files.clear();
+    }
+}
+
+impl Drop for CreatedFiles {
+    fn drop(&mut self) {
+        for (path, id) in self.files.drain(..) {
+            let still_ours =
+                std::fs::symlink_metadata(&path).is_ok_and(|meta| (meta.dev(), meta.ino()) == id);
+            if still_ours {
+                // Best effort: a failed build is being reported already.
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
 }
 
 fn net(config: NetConfig) -> Result<Net, DeviceError> {

@@ -17,6 +17,7 @@ mod error;
 mod exit;
 mod idle;
 mod memory;
+pub mod snapshot;
 pub mod state;
 pub mod vcpu;
 mod virtio;
@@ -34,8 +35,18 @@ pub use devices::{
 pub use error::{Error, KvmError};
 pub use exit::{ExitReason, GuestFault};
 pub use memory::{GuestRam, MemoryError};
+pub use snapshot::{LoadError, MemoryFormat, Snapshot, SnapshotError, SnapshotInfo};
 pub use virtio::{EventLoopError, VirtioError, MAX_DEVICES};
-pub use vm::{RestoreConfig, RunningVm, SerialSource, Vm};
+/// The snapshot crate: memory engines and formats, for programs that write their own engine.
+pub use zygote_snapshot as snapshot_format;
+// The device errors that appear inside `DeviceError`, `VirtioError` and `Error`, so callers
+// can match on them without depending on `zygote-devices`.
+pub use vm::{Fork, ForkConfig, ForkError, RestoreConfig, RunningVm, SerialSource, Vm};
+pub use zygote_devices::virtio::block::BlockError;
+pub use zygote_devices::virtio::mmio::TransportError;
+pub use zygote_devices::virtio::net::{NetError, TapError};
+pub use zygote_devices::virtio::vsock::VsockError;
+pub use zygote_devices::BusError;
 
 /// Guest memory types, re-exported so users need not depend on vm-memory's exact version.
 pub use vm_memory;

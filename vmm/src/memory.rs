@@ -13,6 +13,7 @@ use vm_memory::mmap::{MmapRegion, MmapRegionBuilder};
 use vm_memory::{
     FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
 };
+use zygote_cow::CowMapping;
 
 use crate::arch::layout::ram_regions;
 
@@ -57,22 +58,33 @@ pub enum MemoryError {
 
 /// Guest RAM and the memfd behind it.
 pub struct GuestRam {
+    // Field order is drop order: the regions (which only borrow a `Cow` or `External`
+    // mapping) go before the backing that owns it.
     memory: GuestMemoryMmap,
     size: u64,
-    /// The file the RAM is a mapping of, in the layout of [`ram_regions`]: shared when the VM
-    /// writes it directly, the base of a private (copy-on-write) mapping otherwise.
-    memfd: Option<Arc<File>>,
-    /// Whether the mapping is `MAP_SHARED` (the VM's writes land in `memfd`).
-    shared: bool,
-    /// Whatever else must live as long as the mapping (a memory engine's service).
-    _keepalive: Option<Box<dyn Send + Sync>>,
+    backing: Backing,
+}
+
+/// What the RAM is a mapping of.
+enum Backing {
+    /// `MAP_SHARED` of a memfd: the VM's writes land in the file.
+    Shared(Arc<File>),
+    /// `MAP_PRIVATE` of a memfd someone keeps still: reads share its pages, writes are copies.
+    Private(Arc<File>),
+    /// A forked VM's copy-on-write view of frozen layers (`zygote_cow`).
+    Cow(CowMapping),
+    /// A mapping someone else made (a memory engine), kept alive by the box.
+    External {
+        memfd: Option<(Arc<File>, bool)>,
+        _keepalive: Box<dyn Send + Sync>,
+    },
 }
 
 impl std::fmt::Debug for GuestRam {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuestRam")
             .field("size", &self.size)
-            .field("shared", &self.shared)
+            .field("shared", &self.is_shared())
             .finish()
     }
 }
@@ -86,9 +98,7 @@ impl GuestRam {
         Ok(Self {
             memory,
             size,
-            memfd: Some(file),
-            shared: true,
-            _keepalive: None,
+            backing: Backing::Shared(file),
         })
     }
 
@@ -101,14 +111,25 @@ impl GuestRam {
         Ok(Self {
             memory,
             size,
-            memfd: Some(base),
-            shared: false,
-            _keepalive: None,
+            backing: Backing::Private(base),
+        })
+    }
+
+    /// RAM over a copy-on-write view (a forked VM's memory).
+    pub fn from_cow(mapping: CowMapping) -> Result<Self, MemoryError> {
+        // SAFETY: the mapping is readable and writable, `size` bytes long, and stays mapped
+        // while `Backing::Cow` holds it, which outlives `memory` (field order).
+        let memory = unsafe { regions_over(mapping.addr(), mapping.size()) }?;
+        Ok(Self {
+            memory,
+            size: mapping.size(),
+            backing: Backing::Cow(mapping),
         })
     }
 
     /// RAM over a mapping someone else made (a memory engine): `size` bytes at `host_addr`,
-    /// laid out as [`ram_regions`] says, kept alive by `keepalive`.
+    /// laid out as [`ram_regions`] says, kept alive by `keepalive`. `memfd` is the file
+    /// behind it and whether the mapping is `MAP_SHARED`, if it is a memfd mapping.
     ///
     /// # Safety
     /// `host_addr..host_addr + size` must be a readable and writable mapping that stays
@@ -119,47 +140,58 @@ impl GuestRam {
         memfd: Option<(Arc<File>, bool)>,
         keepalive: Box<dyn Send + Sync>,
     ) -> Result<Self, MemoryError> {
-        let regions = ram_regions(size)
-            .into_iter()
-            .map(|region| {
-                let len = usize::try_from(region.len)
-                    .map_err(|_| MemoryError::RegionTooLarge(region.len))?;
-                let offset = usize::try_from(region.file_offset)
-                    .map_err(|_| MemoryError::RegionTooLarge(region.file_offset))?;
-                // SAFETY: the region lies inside the caller's mapping (offset + len <= size, by
-                // `ram_regions`), which outlives the returned `GuestRam` (it holds `keepalive`).
-                let mapping = unsafe {
-                    MmapRegion::build_raw(
-                        host_addr.add(offset),
-                        len,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_SHARED,
-                    )
-                }
-                .map_err(MemoryError::Raw)?;
-                GuestRegionMmap::new(mapping, region.start)
-                    .ok_or(MemoryError::RegionTooLarge(region.len))
-            })
-            .collect::<Result<Vec<_>, MemoryError>>()?;
-        let memory = GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Regions)?;
-        let shared = memfd.as_ref().is_some_and(|(_, shared)| *shared);
+        // SAFETY: the caller's guarantees, and `keepalive` outlives `memory` (field order).
+        let memory = unsafe { regions_over(host_addr, size) }?;
         Ok(Self {
             memory,
             size,
-            memfd: memfd.map(|(file, _)| file),
-            shared,
-            _keepalive: Some(keepalive),
+            backing: Backing::External {
+                memfd,
+                _keepalive: keepalive,
+            },
         })
     }
 
     /// The memfd behind the RAM, if the RAM is a mapping of one.
     pub fn memfd(&self) -> Option<&Arc<File>> {
-        self.memfd.as_ref()
+        match &self.backing {
+            Backing::Shared(file) | Backing::Private(file) => Some(file),
+            Backing::External { memfd, .. } => memfd.as_ref().map(|(file, _)| file),
+            Backing::Cow(_) => None,
+        }
     }
 
     /// Whether the VM's writes land in [`GuestRam::memfd`] (a `MAP_SHARED` mapping).
     pub fn is_shared(&self) -> bool {
-        self.shared
+        match &self.backing {
+            Backing::Shared(_) => true,
+            Backing::External { memfd, .. } => memfd.as_ref().is_some_and(|(_, shared)| *shared),
+            Backing::Private(_) | Backing::Cow(_) => false,
+        }
+    }
+
+    /// The copy-on-write view under a forked VM's RAM.
+    pub fn cow(&self) -> Option<&CowMapping> {
+        match &self.backing {
+            Backing::Cow(mapping) => Some(mapping),
+            _ => None,
+        }
+    }
+
+    /// The same, to move it onto a new view after a fork.
+    pub(crate) fn cow_mut(&mut self) -> Option<&mut CowMapping> {
+        match &mut self.backing {
+            Backing::Cow(mapping) => Some(mapping),
+            _ => None,
+        }
+    }
+
+    /// The host address of guest RAM's first byte (offset 0 of the layout).
+    pub fn host_addr(&self) -> *mut u8 {
+        self.memory
+            .iter()
+            .next()
+            .map_or(std::ptr::null_mut(), |region| region.as_ptr())
     }
 
     /// The guest memory, for reading and writing guest-physical addresses.
@@ -172,6 +204,27 @@ impl GuestRam {
         self.size
     }
 
+    /// Points the VM's memory slots at this RAM instead of `old` (same layout): each slot is
+    /// deleted and made again, as KVM cannot change a slot's host address in place.
+    /// Crate-private, like [`GuestRam::register`]; the VM's vCPUs must be parked.
+    pub(crate) fn reregister(&self, vm: &VmFd, old: &GuestRam) -> Result<(), MemoryError> {
+        for (slot, (new, old)) in self.memory.iter().zip(old.memory.iter()).enumerate() {
+            let slot = slot as u32;
+            let delete = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: old.start_addr().0,
+                memory_size: 0,
+                userspace_addr: old.as_ptr() as u64,
+            };
+            // SAFETY: a zero size deletes the slot; KVM stops using `old`'s mapping.
+            unsafe { vm.set_user_memory_region(delete) }
+                .map_err(|source| MemoryError::SetMemorySlot { slot, source })?;
+            register_region(vm, slot, new)?;
+        }
+        Ok(())
+    }
+
     /// Registers every region as a KVM memory slot, numbered from 0. Crate-private: KVM keeps
     /// using the mapping after this returns, so only the `Vm` that owns both may call it.
     pub(crate) fn register(&self, vm: &VmFd) -> Result<(), MemoryError> {
@@ -180,6 +233,36 @@ impl GuestRam {
         }
         Ok(())
     }
+}
+
+/// Guest regions over the `size`-byte mapping at `addr`, in the layout of [`ram_regions`].
+///
+/// # Safety
+/// `addr..addr + size` must stay mapped readable and writable while the regions live.
+unsafe fn regions_over(addr: *mut u8, size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let regions = ram_regions(size)
+        .into_iter()
+        .map(|region| {
+            let len =
+                usize::try_from(region.len).map_err(|_| MemoryError::RegionTooLarge(region.len))?;
+            let offset = usize::try_from(region.file_offset)
+                .map_err(|_| MemoryError::RegionTooLarge(region.file_offset))?;
+            // SAFETY: the region lies inside the mapping (offset + len <= size, by
+            // `ram_regions`), which the caller keeps mapped while the regions live.
+            let mapping = unsafe {
+                MmapRegion::build_raw(
+                    addr.add(offset),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                )
+            }
+            .map_err(MemoryError::Raw)?;
+            GuestRegionMmap::new(mapping, region.start)
+                .ok_or(MemoryError::RegionTooLarge(region.len))
+        })
+        .collect::<Result<Vec<_>, MemoryError>>()?;
+    GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Regions)
 }
 
 /// Maps `file` with `flags` in the layout of [`ram_regions`].

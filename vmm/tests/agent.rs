@@ -145,3 +145,81 @@ fn agent_end_to_end() {
     );
     let _ = std::fs::remove_file(&disk);
 }
+
+/// Boots the agent with vsock only and `memory_mib` of RAM, and waits for its ready line.
+fn vsock_agent(
+    name: &str,
+    memory_mib: u64,
+) -> (zygote::RunningVm, zygote::ConsoleBuffer, std::path::PathBuf) {
+    let uds = common::temp_path(name);
+    let builder = common::builder(&Workload::Agent)
+        .memory_mib(memory_mib)
+        .vsock(VsockConfig {
+            guest_cid: 3,
+            uds_path: uds.clone(),
+        });
+    let (mut vm, console) = common::start_with(builder);
+    if !console.wait_for(zygote_guest::READY_LINE, common::GUEST_TIMEOUT) {
+        let _ = vm.shutdown();
+        panic!("agent not ready; console:\n{}", console.text());
+    }
+    (vm, console, uds)
+}
+
+/// Issue 8, item 7: a client connected with a 100 ms deadline kept the rest of those 100 ms
+/// as its read timeout, so a 128 MiB `touch` (longer than that) failed with `WouldBlock` and
+/// left the client unusable.
+#[test]
+fn a_request_longer_than_the_connect_deadline_gets_its_answer() {
+    use zygote::agent::{AgentClient, AgentError, AGENT_PORT, REQUEST_TIMEOUT};
+
+    let (mut vm, console, uds) = vsock_agent("deadline.vsock", 256);
+    // The deadline under test is short; a machine this busy may need a few tries to connect.
+    let mut agent = (0..100)
+        .find_map(
+            |_| match AgentClient::connect(&uds, AGENT_PORT, Duration::from_millis(100)) {
+                Ok(agent) => Some(agent),
+                Err(AgentError::Connect { .. }) => None,
+                Err(e) => panic!("{e}"),
+            },
+        )
+        .expect("a connection within 100 tries");
+    assert_eq!(agent.request_timeout(), REQUEST_TIMEOUT);
+    let (addr, _) = agent.touch(128, 0x5eed).expect("touch 128 MiB");
+    assert_eq!(addr, 0x20_0000);
+    agent.ping().expect("the client is still usable");
+    agent.exit(0).expect("exit");
+    let exit = common::wait_exit(&mut vm, &console);
+    assert!(matches!(exit, ExitReason::Exited(0)), "{exit:?}");
+}
+
+/// Issue 8, item 7: `vm.agent()` on a VM that had stopped retried for its whole 10 s and then
+/// reported a connect failure; a request on a connection whose guest had exited waited for the
+/// full request timeout. Both now fail at once with the VM's exit reason.
+#[test]
+fn a_stopped_vm_fails_agent_connects_and_requests_with_its_exit_reason() {
+    use zygote::agent::AgentError;
+
+    let (mut vm, console, _uds) = vsock_agent("stopped.vsock", 128);
+    let mut agent = vm.agent().expect("connect");
+    let mut second = vm.agent().expect("a second connection");
+    agent.exit(5).expect("exit");
+    assert!(
+        vm.wait_timeout(common::GUEST_TIMEOUT).is_some(),
+        "{}",
+        console.text()
+    );
+    let request = second.ping();
+    assert!(
+        matches!(request, Err(AgentError::VmStopped(ExitReason::Exited(5)))),
+        "{:?}",
+        request.err()
+    );
+    let connect = vm.agent();
+    assert!(
+        matches!(connect, Err(AgentError::VmStopped(ExitReason::Exited(5)))),
+        "{:?}",
+        connect.err()
+    );
+    assert!(matches!(vm.wait(), Ok(ExitReason::Exited(5))));
+}

@@ -74,3 +74,40 @@ fn a_vm_with_two_vcpus_boots_and_stops() {
     let (mut vm, console) = common::start_with(common::builder(&Workload::Exit(3)).vcpus(2));
     assert_eq!(wait_exit(&mut vm, &console).exit_code(), Some(3));
 }
+
+/// The NUL-terminated command line the VM's zero page points at.
+fn guest_cmdline(vm: &zygote::Vm) -> String {
+    let mut bytes = vec![0u8; 4096];
+    vm.memory()
+        .read_slice(&mut bytes, zygote::arch::layout::CMDLINE_START)
+        .unwrap();
+    let len = bytes.iter().position(|&b| b == 0).expect("a NUL");
+    String::from_utf8(bytes[..len].to_vec()).unwrap()
+}
+
+#[test]
+fn device_entries_land_before_the_init_arguments() {
+    let image = common::disk_image("cmdline-dashes", 4096);
+    let device = "virtio_mmio.device=4K@0xd0000000:5";
+    for (user, expected) in [
+        (
+            "console=ttyS0 init=/bin/sh -- -c true",
+            format!("console=ttyS0 init=/bin/sh {device} -- -c true"),
+        ),
+        ("console=ttyS0", format!("console=ttyS0 {device}")),
+        ("console=ttyS0 --", format!("console=ttyS0 {device} --")),
+        (
+            "quiet -- sh -- -c 'a  b'",
+            format!("quiet {device} -- sh -- -c 'a  b'"),
+        ),
+    ] {
+        let vm = zygote::VmBuilder::new()
+            .kernel(zygote_guest::kernel_path())
+            .cmdline(user)
+            .block(zygote::BlockConfig::new(&image).read_only())
+            .build()
+            .unwrap();
+        assert_eq!(guest_cmdline(&vm), expected, "{user:?}");
+    }
+    let _ = std::fs::remove_file(image);
+}

@@ -4,6 +4,7 @@ mod common;
 
 use std::fs;
 
+use zygote::boot::{PlanError, RegionName};
 use zygote::{BootError, ConfigError, Error, VmBuilder};
 use zygote_guest::kernel_path;
 
@@ -96,6 +97,38 @@ fn a_corrupt_elf_is_a_boot_error_not_a_panic() {
         matches!(err, Error::Boot(BootError::LoadKernel(_))),
         "{err}"
     );
+    let _ = fs::remove_file(path);
+}
+
+/// The guest kernel with the physical address of its first `PT_LOAD` moved to `paddr`.
+fn kernel_with_first_segment_at(paddr: u64) -> Vec<u8> {
+    let mut image = fs::read(kernel_path()).unwrap();
+    let u64_at =
+        |image: &[u8], at: usize| u64::from_le_bytes(image[at..at + 8].try_into().unwrap());
+    let phoff = u64_at(&image, 0x20) as usize;
+    let phnum = u16::from_le_bytes([image[0x38], image[0x39]]) as usize;
+    let first_load = (0..phnum)
+        .map(|i| phoff + i * 56)
+        .find(|&at| image[at..at + 4] == 1u32.to_le_bytes())
+        .expect("a PT_LOAD");
+    image[first_load + 0x18..first_load + 0x20].copy_from_slice(&paddr.to_le_bytes());
+    image
+}
+
+#[test]
+fn a_kernel_segment_over_the_zero_page_is_refused_before_anything_is_written() {
+    let path = common::temp_path("segment-over-zero-page");
+    fs::write(&path, kernel_with_first_segment_at(0x7000)).unwrap();
+    let err = build_err(valid().kernel(&path));
+    let Error::Boot(BootError::MemoryPlan(PlanError::Overlap { region, other })) = &err else {
+        panic!("expected an overlap, got {err:?}");
+    };
+    let mut names = [region.name, other.name];
+    names.sort_by_key(|name| name.to_string());
+    assert_eq!(names, [RegionName::KernelSegment(0), RegionName::ZeroPage]);
+    let text = err.to_string();
+    assert!(text.contains("kernel segment 0 [0x7000,"), "{text}");
+    assert!(text.contains("the zero page [0x7000, 0x8000)"), "{text}");
     let _ = fs::remove_file(path);
 }
 

@@ -166,3 +166,55 @@ fn a_read_only_disk_refuses_writes() {
     guest.vm.shutdown().unwrap();
     assert_eq!(std::fs::read(&image).unwrap(), original);
 }
+
+/// The guest writes the last 8 sectors of a 1 MiB image through an overlay, then the host
+/// truncates the image to 512 KiB: what the overlay holds whole never depends on the image, and
+/// what it lacks past the new end reads as zeros, as a sparse disk reads.
+fn overlay_survives_the_image_shrinking(name: &str, overlay: impl Fn(BlockConfig) -> BlockConfig) {
+    let image = disk_image(name, 1 << 20);
+    let mut guest = agent_vm(
+        name,
+        AgentOpts {
+            block: Some(overlay(BlockConfig::new(&image))),
+            ..Default::default()
+        },
+    );
+    let mut agent = guest.vm.agent().unwrap();
+    let data = sectors(8, 0x77);
+    agent.disk_write(2040, &data).unwrap();
+    let kept = agent.disk_read(1016, 8).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(512 << 10)
+        .unwrap();
+    assert_eq!(agent.disk_read(2040, 8).unwrap(), data);
+    // Whole sectors past the new end: a 4 KiB block, and one sector of another block.
+    let block = sectors(8, 0x99);
+    agent.disk_write(1400, &block).unwrap();
+    assert_eq!(agent.disk_read(1400, 8).unwrap(), block);
+    let one = sectors(1, 0x42);
+    agent.disk_write(1601, &one).unwrap();
+    let mut expected = vec![0u8; 8 * SECTOR];
+    expected[SECTOR..2 * SECTOR].copy_from_slice(&one);
+    assert_eq!(agent.disk_read(1600, 8).unwrap(), expected);
+    // Sectors never written: the image's bytes before its new end, zeros after.
+    assert_eq!(agent.disk_read(1016, 8).unwrap(), kept);
+    assert_eq!(agent.disk_read(1100, 4).unwrap(), vec![0; 4 * SECTOR]);
+    guest.vm.shutdown().unwrap();
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 512 << 10);
+    let _ = std::fs::remove_file(&image);
+}
+
+#[test]
+fn memory_overlay_sectors_survive_the_image_shrinking() {
+    overlay_survives_the_image_shrinking("blk-shrink-mem", BlockConfig::overlay);
+}
+
+#[test]
+fn file_overlay_blocks_survive_the_image_shrinking() {
+    let cow = temp_path("blk-shrink-file.cow");
+    overlay_survives_the_image_shrinking("blk-shrink-file", |c| c.overlay_file(&cow));
+    let _ = std::fs::remove_file(&cow);
+}

@@ -95,6 +95,11 @@ pub trait VirtioDevice: Send {
     /// Stops the device and drops its queues, memory and interrupt (driver wrote status 0).
     fn reset(&mut self);
 
+    /// The VM's memory moved to a new mapping of the same guest-physical layout and content
+    /// (a fork re-mapping its parent): an active device uses `memory` from now on. Called only
+    /// while the VM is paused, so no request is in flight.
+    fn set_memory(&mut self, memory: Memory);
+
     /// The queues of an active device, as they stand now; empty when not active.
     fn queues(&self) -> &[Queue];
 

@@ -17,6 +17,7 @@ mod exit;
 mod hostile;
 mod identity;
 mod idle;
+mod string_io;
 mod virtio;
 mod workloads;
 

@@ -41,6 +41,7 @@ pub fn run(cmdline: &str, boot: &BootParams) -> ! {
         Workload::Touch { mib, pattern } => touch(boot, mib, pattern),
         Workload::Fault(kind) => faults::raise(kind),
         Workload::Spin => spin_forever(),
+        Workload::StringIo => crate::string_io::run(),
         Workload::Agent | Workload::Hostile => unreachable!("handled above"),
     }
 }

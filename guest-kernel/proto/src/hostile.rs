@@ -20,7 +20,8 @@ pub const HOSTILE_VSOCK_PREFIX: &str = "zygote-guest: hostile vsock ";
 /// How a device answered one hostile request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HostileOutcome {
-    /// `ok`: completed with virtio-blk status OK.
+    /// `ok`: completed with virtio-blk status OK; on net and vsock queues, the device used
+    /// the chain as a good one (see `HostileQueue`).
     Ok,
     /// `ioerr`: completed with virtio-blk status IOERR.
     IoErr,
@@ -32,11 +33,13 @@ pub enum HostileOutcome {
     Status(u8),
     /// `needs_reset`: completed, and the device set DEVICE_NEEDS_RESET in its status register.
     NeedsReset,
-    /// `dropped`: the device took the packet back and nothing ever answered it (vsock).
+    /// `dropped`: the device gave the chain back with nothing written, and nothing ever
+    /// answered it (vsock packets, net frames).
     Dropped,
     /// `rst`: the device answered with RST (vsock).
     Rst,
-    /// `timeout`: the device never gave the request back.
+    /// `timeout`: the device never gave the request back within the wait (a device may keep
+    /// a chain it cannot use, as virtio-net does with a receive chain too small for a frame).
     Timeout,
 }
 

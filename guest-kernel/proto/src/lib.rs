@@ -23,16 +23,22 @@
 
 pub mod agent;
 mod hostile;
+mod hostile_queue;
 mod identity;
 mod lines;
 mod mmio;
 mod pattern;
 mod ports;
+mod string_io;
 mod workload;
 
 pub use agent::{AGENT_COUNTER_ADDR, AGENT_PORT};
 pub use hostile::{
     HostileBlk, HostileOutcome, HostileVsock, HOSTILE_BLK_PREFIX, HOSTILE_VSOCK_PREFIX,
+};
+pub use hostile_queue::{
+    BadBuf, HostileQueue, HostileQueueId, BAD_HUGE_LEN, BAD_MMIO_GAP, BAD_OUTSIDE_RAM,
+    HOSTILE_QUEUE_PREFIX,
 };
 pub use identity::{VmIdentity, VM_IDENTITY_ADDR, VM_IDENTITY_LEN, VM_IDENTITY_MAGIC, VM_ID_LEN};
 pub use lines::{
@@ -44,6 +50,10 @@ pub use pattern::{pattern_checksum, pattern_word, Checksum, PATTERN_MULTIPLIER, 
 pub use ports::{
     exit_code, COM1_PORT, DEBUG_EXIT_PORT, FAULT_PORT, I8042_COMMAND_PORT, I8042_RESET_COMMAND,
     IDLE_MAX_WAIT_US, IDLE_PORT,
+};
+pub use string_io::{
+    StringIoReport, INSB_LEN, INSD_COUNT, INSW_COUNT, STRING_IO_INPUT, STRING_IO_OUT_LINES,
+    STRING_IO_PREFIX,
 };
 pub use workload::{CmdlineArg, FaultKind, UnknownWorkload, Workload, WORKLOAD_KEY};
 

@@ -1,7 +1,8 @@
 //! I/O ports the guest uses and the exit codes it reports through them.
 
 /// COM1, a 16550 UART: the guest writes console bytes to this port, one `out` per byte, and never
-/// polls the line status register.
+/// polls the line status register (except the `string-io` workload, see
+/// [`crate::StringIoReport`]).
 pub const COM1_PORT: u16 = 0x3f8;
 
 /// Debug exit: a 32-bit `out` of a code to this port ends the VM with that exit code.

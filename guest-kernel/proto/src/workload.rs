@@ -91,6 +91,11 @@ pub enum Workload {
     /// serve the [`crate::agent`] protocol on vsock port [`crate::AGENT_PORT`] until told to
     /// exit.
     Agent,
+    /// `string-io`: print the ready line, wait for COM1's receive buffer to hold
+    /// [`crate::STRING_IO_INPUT`], read it with `rep insb`, `rep insw` and `rep insd` and print
+    /// a [`crate::StringIoReport`], write [`crate::STRING_IO_OUT_LINES`] with `rep outsb`,
+    /// `rep outsw` and `rep outsd`, then exit with code 0.
+    StringIo,
     /// `hostile`: bring up the devices as `agent` does, send the virtio-blk device the bad
     /// requests [`crate::HostileBlk`] lists and the vsock device the bad packets
     /// [`crate::HostileVsock`] lists, print one line for each device, then carry on exactly as
@@ -143,6 +148,7 @@ impl Workload {
             ("spin", None) => Some(Workload::Spin),
             ("agent", None) => Some(Workload::Agent),
             ("hostile", None) => Some(Workload::Hostile),
+            ("string-io", None) => Some(Workload::StringIo),
             ("exit", Some(code)) => parse_decimal(code).map(Workload::Exit),
             ("fault", Some(kind)) => FaultKind::from_name(kind).map(Workload::Fault),
             ("touch", Some(args)) => {
@@ -172,6 +178,7 @@ impl fmt::Display for Workload {
             Workload::Spin => f.write_str("spin"),
             Workload::Agent => f.write_str("agent"),
             Workload::Hostile => f.write_str("hostile"),
+            Workload::StringIo => f.write_str("string-io"),
         }
     }
 }
@@ -214,6 +221,7 @@ mod tests {
         assert_eq!(Workload::parse("spin"), Ok(Workload::Spin));
         assert_eq!(Workload::parse("agent"), Ok(Workload::Agent));
         assert_eq!(Workload::parse("hostile"), Ok(Workload::Hostile));
+        assert_eq!(Workload::parse("string-io"), Ok(Workload::StringIo));
         assert_eq!(Workload::parse("exit:0"), Ok(Workload::Exit(0)));
         assert_eq!(
             Workload::parse("exit:4294967295"),
@@ -259,6 +267,8 @@ mod tests {
             "agent:1",
             "hostile:1",
             "Hostile",
+            "string-io:1",
+            "string_io",
         ] {
             assert_eq!(Workload::parse(bad), Err(UnknownWorkload(bad)), "{bad:?}");
         }
@@ -272,6 +282,7 @@ mod tests {
             Workload::Spin,
             Workload::Agent,
             Workload::Hostile,
+            Workload::StringIo,
             Workload::Exit(7),
             Workload::Touch {
                 mib: 3,

@@ -104,15 +104,19 @@ impl AgentClient {
 
     /// The next frame the guest receives within `timeout_ms`, or `None`.
     pub fn net_recv(&mut self, timeout_ms: u32) -> Result<Option<Vec<u8>>, AgentError> {
-        self.extend_read_timeout(Duration::from_millis(u64::from(timeout_ms)))?;
+        self.extend_timeout(Duration::from_millis(u64::from(timeout_ms)))?;
         let frame = match self.call(&Request::NetRecv { timeout_ms }) {
             Ok(Response::NetFrame(frame)) => Ok(Some(frame.to_vec())),
             Err(AgentError::Guest(super::ErrorCode::NoFrame)) => Ok(None),
             Ok(other) => Err(unexpected(&other)),
             Err(e) => Err(e),
         };
-        self.extend_read_timeout(Duration::ZERO)?;
-        frame
+        // The request's own error comes first: once it broke the connection, restoring the
+        // timeout can only report that.
+        let restored = self.extend_timeout(Duration::ZERO);
+        let frame = frame?;
+        restored?;
+        Ok(frame)
     }
 
     /// Adds `value` to the guest's counter; returns the new value.

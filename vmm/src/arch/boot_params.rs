@@ -1,11 +1,9 @@
 //! The Linux zero page (`struct boot_params`) with its e820 memory map.
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
-use super::layout::{
-    ram_regions, EBDA_START, HIMEM_START, VM_IDENTITY_SIZE, VM_IDENTITY_START, ZERO_PAGE_START,
-};
+use super::layout::{ram_regions, EBDA_START, HIMEM_START, VM_IDENTITY_SIZE, VM_IDENTITY_START};
 
 /// e820 type of usable RAM.
 pub const E820_RAM: u32 = 1;
@@ -17,15 +15,12 @@ const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x0100_0000;
 
-/// Errors from writing the zero page.
+/// Errors from building the zero page.
 #[derive(Debug, thiserror::Error)]
 pub enum BootParamsError {
     /// The e820 table has no room for another entry.
     #[error("the e820 map is full")]
     E820Full,
-    /// The zero page could not be written to guest memory.
-    #[error("cannot write the zero page: {0}")]
-    Write(#[from] vm_memory::GuestMemoryError),
 }
 
 /// Where the command line and the initrd are, for the zero page.
@@ -102,12 +97,6 @@ fn add_e820(
         r#type: kind,
     };
     params.e820_entries += 1;
-    Ok(())
-}
-
-/// Writes the zero page at [`ZERO_PAGE_START`].
-pub fn write(mem: &GuestMemoryMmap, params: &boot_params) -> Result<(), BootParamsError> {
-    mem.write_obj(*params, ZERO_PAGE_START)?;
     Ok(())
 }
 

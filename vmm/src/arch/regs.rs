@@ -1,7 +1,7 @@
 //! Register state for entering a 64-bit kernel: boot GDT, identity page tables, sregs, regs, FPU.
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 use super::layout::{
     BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PDE_START, PDPTE_START, PML4_START,
@@ -15,6 +15,8 @@ const X86_CR0_PG: u64 = 1 << 31;
 const X86_CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
+/// Bytes in one page-table page (512 entries).
+const PAGE_TABLE_SIZE: usize = 4096;
 
 /// Selector of the 64-bit code segment (GDT entry 2), as Linux's boot protocol wants.
 pub const BOOT_CODE_SELECTOR: u16 = 0x10;
@@ -67,34 +69,49 @@ fn kvm_segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
     }
 }
 
-/// Writes the boot GDT and an empty IDT.
-fn write_gdt_idt(mem: &GuestMemoryMmap) -> Result<(), GuestMemoryError> {
-    for (i, entry) in BOOT_GDT.iter().enumerate() {
-        mem.write_obj(*entry, BOOT_GDT_START.unchecked_add(i as u64 * 8))?;
-    }
-    mem.write_obj(0u64, BOOT_IDT_START)
+/// The boot GDT and where it goes.
+pub fn boot_gdt() -> (GuestAddress, Vec<u8>) {
+    let bytes = BOOT_GDT
+        .iter()
+        .flat_map(|entry| entry.to_le_bytes())
+        .collect();
+    (BOOT_GDT_START, bytes)
 }
 
-/// Writes identity page tables covering the first GiB with 2 MiB pages.
-pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), GuestMemoryError> {
+/// The (empty, one null gate) boot IDT and where it goes.
+pub fn boot_idt() -> (GuestAddress, Vec<u8>) {
+    (BOOT_IDT_START, vec![0; 8])
+}
+
+/// The identity page tables covering the first GiB with 2 MiB pages: one whole page each for
+/// the PML4, the PDPT and the PD, with where each goes.
+pub fn page_tables() -> [(GuestAddress, Vec<u8>); 3] {
     const PRESENT_RW: u64 = 0x03;
     const PAGE_SIZE_2M: u64 = 0x80;
-    mem.write_obj(PDPTE_START.0 | PRESENT_RW, PML4_START)?;
-    mem.write_obj(PDE_START.0 | PRESENT_RW, PDPTE_START)?;
-    let entries: Vec<u8> = (0..512u64)
-        .flat_map(|i| ((i << 21) | PAGE_SIZE_2M | PRESENT_RW).to_le_bytes())
-        .collect();
-    mem.write_slice(&entries, PDE_START)
+    let table = |entries: &mut dyn Iterator<Item = u64>| {
+        let mut page: Vec<u8> = entries.flat_map(u64::to_le_bytes).collect();
+        page.resize(PAGE_TABLE_SIZE, 0);
+        page
+    };
+    [
+        (
+            PML4_START,
+            table(&mut std::iter::once(PDPTE_START.0 | PRESENT_RW)),
+        ),
+        (
+            PDPTE_START,
+            table(&mut std::iter::once(PDE_START.0 | PRESENT_RW)),
+        ),
+        (
+            PDE_START,
+            table(&mut (0..512u64).map(|i| (i << 21) | PAGE_SIZE_2M | PRESENT_RW)),
+        ),
+    ]
 }
 
-/// Writes the GDT, IDT and page tables into guest memory and returns the special registers
-/// for 64-bit long mode with them loaded.
-pub fn setup_long_mode(
-    mem: &GuestMemoryMmap,
-    mut sregs: kvm_sregs,
-) -> Result<kvm_sregs, GuestMemoryError> {
-    write_gdt_idt(mem)?;
-    write_page_tables(mem)?;
+/// The special registers for 64-bit long mode with the boot GDT, IDT and page tables loaded
+/// (which the boot's memory plan writes, `crate::boot::load`).
+pub fn setup_long_mode(mut sregs: kvm_sregs) -> kvm_sregs {
     sregs.gdt.base = BOOT_GDT_START.0;
     sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
     sregs.idt.base = BOOT_IDT_START.0;
@@ -113,7 +130,7 @@ pub fn setup_long_mode(
     sregs.cr3 = PML4_START.0;
     sregs.cr4 |= X86_CR4_PAE;
     sregs.efer |= EFER_LME | EFER_LMA;
-    Ok(sregs)
+    sregs
 }
 
 /// General registers at the kernel entry: rip at the entry, rsi at the zero page.
@@ -141,28 +158,32 @@ pub fn boot_fpu() -> kvm_fpu {
 mod tests {
     use super::*;
 
-    fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    fn entry(table: &[u8], index: usize) -> u64 {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&table[index * 8..index * 8 + 8]);
+        u64::from_le_bytes(bytes)
     }
 
     #[test]
     fn page_tables_identity_map_the_first_gib() {
-        let mem = memory();
-        write_page_tables(&mem).unwrap();
-        let pml4: u64 = mem.read_obj(PML4_START).unwrap();
-        assert_eq!(pml4, 0xa003);
-        let pdpte: u64 = mem.read_obj(PDPTE_START).unwrap();
-        assert_eq!(pdpte, 0xb003);
-        for i in [0u64, 1, 255, 511] {
-            let pde: u64 = mem.read_obj(PDE_START.unchecked_add(i * 8)).unwrap();
-            assert_eq!(pde, (i << 21) | 0x83, "PDE {i}");
+        let [(pml4_at, pml4), (pdpt_at, pdpt), (pd_at, pd)] = page_tables();
+        assert_eq!(
+            (pml4_at, pdpt_at, pd_at),
+            (PML4_START, PDPTE_START, PDE_START)
+        );
+        assert!([&pml4, &pdpt, &pd].iter().all(|t| t.len() == 4096));
+        assert_eq!(entry(&pml4, 0), 0xa003);
+        assert_eq!(entry(&pml4, 1), 0, "the rest of each table is not present");
+        assert_eq!(entry(&pdpt, 0), 0xb003);
+        assert_eq!(entry(&pdpt, 511), 0);
+        for i in [0usize, 1, 255, 511] {
+            assert_eq!(entry(&pd, i), ((i as u64) << 21) | 0x83, "PDE {i}");
         }
     }
 
     #[test]
     fn long_mode_sregs_and_gdt() {
-        let mem = memory();
-        let sregs = setup_long_mode(&mem, kvm_sregs::default()).unwrap();
+        let sregs = setup_long_mode(kvm_sregs::default());
         assert_eq!(sregs.cs.selector, BOOT_CODE_SELECTOR);
         assert_eq!(sregs.cs.l, 1);
         assert_eq!(sregs.cs.type_, 0xb);
@@ -171,10 +192,24 @@ mod tests {
         assert_eq!(sregs.cr3, PML4_START.0);
         assert_eq!(sregs.cr0 & 0x8000_0001, 0x8000_0001);
         assert_eq!(sregs.efer & 0x500, 0x500);
-        let code: u64 = mem.read_obj(BOOT_GDT_START.unchecked_add(16)).unwrap();
-        assert_eq!(code, 0x00af_9b00_0000_ffff);
+        let (gdt_at, gdt) = boot_gdt();
+        assert_eq!(gdt_at.0, sregs.gdt.base);
+        assert_eq!(gdt.len(), usize::from(sregs.gdt.limit) + 1);
+        assert_eq!(entry(&gdt, 2), 0x00af_9b00_0000_ffff);
         let regs = boot_regs(GuestAddress(0x10_0000));
         assert_eq!(regs.rsi, ZERO_PAGE_START.0);
         assert_eq!(regs.rip, 0x10_0000);
+    }
+
+    #[test]
+    fn the_boot_idt_does_not_overwrite_the_gdts_tss_descriptor() {
+        let (gdt_at, gdt) = boot_gdt();
+        let (idt_at, _) = boot_idt();
+        assert!(gdt_at.0 + gdt.len() as u64 <= idt_at.0, "IDT at {idt_at:?}");
+        assert_eq!(
+            entry(&gdt, 4),
+            BOOT_GDT[4],
+            "the TSS descriptor is in the GDT"
+        );
     }
 }

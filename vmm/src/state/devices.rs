@@ -12,7 +12,8 @@ use zygote_devices::virtio::{Memory, VirtioDevice};
 use zygote_devices::Bus;
 
 use crate::devices::{
-    block_backend, net_backend, BlockConfig, DeviceError, DeviceHandles, NetConfig, VsockConfig,
+    block_backend, net_backend, BlockConfig, CreatedFiles, DeviceError, DeviceHandles, NetConfig,
+    VsockConfig,
 };
 use crate::virtio::{VirtioDevices, VirtioError};
 
@@ -127,6 +128,7 @@ pub(crate) fn restore_virtio(
     mmio: &mut Bus,
     memory: &Memory,
     virtio: &mut VirtioDevices,
+    created: &mut CreatedFiles,
 ) -> Result<DeviceHandles, DeviceRestoreError> {
     let count = |kind, saved: usize, given: usize| {
         if saved == given {
@@ -140,7 +142,7 @@ pub(crate) fn restore_virtio(
     let mut handles = DeviceHandles::default();
     let mut position = 0;
     for (index, (state, config)) in saved.blocks.iter().zip(&resources.blocks).enumerate() {
-        let backend = block_backend(config)?;
+        let backend = block_backend(config, created)?;
         let device = Block::restore(backend, &state.device)
             .map_err(|source| DeviceRestoreError::Block { index, source })?;
         handles.blocks.push(attach(

@@ -1,11 +1,12 @@
 //! vCPUs: creation with their boot state, and the threads that run them.
 
 mod kick;
+pub(crate) mod pio;
 pub(crate) mod run;
 
 use kvm_bindings::{kvm_sregs, CpuId};
 use kvm_ioctls::{VcpuFd, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 use crate::arch::{cpuid, lapic, msr, regs};
 
@@ -42,9 +43,6 @@ pub enum VcpuError {
         /// The MSR KVM refused.
         msr: u32,
     },
-    /// The boot structures could not be written to guest memory.
-    #[error("cannot write the boot GDT and page tables: {0}")]
-    BootTables(#[source] vm_memory::GuestMemoryError),
     /// The vCPU thread could not be started.
     #[error("cannot start the thread for vCPU {index}: {source}")]
     Spawn {
@@ -140,16 +138,13 @@ impl Vcpu {
             .map_err(configure("KVM_SET_LAPIC"))
     }
 
-    /// Puts the boot vCPU at the kernel entry in 64-bit mode.
-    pub fn set_boot_state(
-        &self,
-        mem: &GuestMemoryMmap,
-        entry: GuestAddress,
-    ) -> Result<(), VcpuError> {
+    /// Puts the boot vCPU at the kernel entry in 64-bit mode, with the boot GDT and page
+    /// tables that `crate::boot::load` wrote.
+    pub fn set_boot_state(&self, entry: GuestAddress) -> Result<(), VcpuError> {
         let index = self.index;
         let configure = |op| move |source| VcpuError::Configure { op, index, source };
         let sregs: kvm_sregs = self.fd.get_sregs().map_err(configure("KVM_GET_SREGS"))?;
-        let sregs = regs::setup_long_mode(mem, sregs).map_err(VcpuError::BootTables)?;
+        let sregs = regs::setup_long_mode(sregs);
         self.fd
             .set_sregs(&sregs)
             .map_err(configure("KVM_SET_SREGS"))?;

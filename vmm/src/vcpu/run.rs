@@ -1,12 +1,14 @@
 //! The vCPU thread: run the guest, dispatch its exits, obey pause and stop.
 
+use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use kvm_bindings::kvm_run;
 use kvm_ioctls::VcpuExit;
 use zygote_devices::Bus;
 
-use super::{Kick, Vcpu, VcpuError};
+use super::{pio, Kick, Vcpu, VcpuError};
 use crate::control::{Next, VmControl};
 use crate::exit::{ExitReason, GuestFault};
 use crate::idle::{IdleWaiter, IDLE_PORT};
@@ -101,6 +103,9 @@ impl Drop for Registered<'_> {
 /// Runs the guest until its next exit and handles it; returns a reason if the VM must stop.
 fn run_once(vcpu: &mut Vcpu, buses: &Buses, idle: &mut IdleWaiter) -> Option<ExitReason> {
     let index = vcpu.index;
+    // Taken before KVM_RUN lends out the run page's data area: how a port exit's element size
+    // is read while its data is borrowed.
+    let run_page = NonNull::from(vcpu.fd.get_kvm_run());
     let exit = match vcpu.fd.run() {
         Ok(exit) => exit,
         Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -120,11 +125,9 @@ fn run_once(vcpu: &mut Vcpu, buses: &Buses, idle: &mut IdleWaiter) -> Option<Exi
         VcpuExit::IoIn(..) | VcpuExit::IoOut(..) | VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)
     );
     match exit {
+        // `data` holds `count` elements (string I/O): one access per element.
         VcpuExit::IoIn(port, data) => {
-            if buses.pio.read(u64::from(port), data).is_err() {
-                // Nothing there: an ISA bus floats high.
-                data.fill(0xff);
-            }
+            pio::read(&buses.pio, port, io_size(run_page), data);
             None
         }
         VcpuExit::IoOut(IDLE_PORT, data) => {
@@ -132,10 +135,10 @@ fn run_once(vcpu: &mut Vcpu, buses: &Buses, idle: &mut IdleWaiter) -> Option<Exi
             None
         }
         VcpuExit::IoOut(port, data) => {
-            // Writes to unclaimed ports are dropped, as on real hardware.
-            let _ = buses.pio.write(u64::from(port), data);
+            pio::write(&buses.pio, port, io_size(run_page), data);
             None
         }
+        // One access of at most 8 bytes: KVM never batches MMIO.
         VcpuExit::MmioRead(addr, data) => {
             if buses.mmio.read(addr, data).is_err() {
                 data.fill(0xff);
@@ -154,6 +157,16 @@ fn run_once(vcpu: &mut Vcpu, buses: &Buses, idle: &mut IdleWaiter) -> Option<Exi
             None => Some(unexpected_exit(vcpu)),
         },
     }
+}
+
+/// `kvm_run.io.size` of the port exit just taken: the bytes in one element (1, 2 or 4).
+fn io_size(run: NonNull<kvm_run>) -> usize {
+    // SAFETY: `run` points at this vCPU's `kvm_run` mapping, which lives as long as its fd, and
+    // the last exit was KVM_EXIT_IO, so `io` is the union member KVM filled in. The byte read
+    // is not covered by the borrow the exit holds (the data area at `io.data_offset`, past the
+    // structure), and only this thread and KVM, which is not running it, touch `io`.
+    let size = unsafe { std::ptr::addr_of!((*run.as_ptr()).__bindgen_anon_1.io.size).read() };
+    usize::from(size)
 }
 
 /// Maps an exit that ends the VM to its reason; `None` for exits the VMM does not know.

@@ -134,10 +134,10 @@ impl VirtioDevices {
         Ok(transport)
     }
 
-    /// What to append to the kernel command line so the guest finds the devices (Linux's
-    /// `virtio_mmio.device=` format).
-    pub fn cmdline(&self) -> String {
-        self.cmdline.join(" ")
+    /// The kernel parameters that tell the guest where the devices are (Linux's
+    /// `virtio_mmio.device=` format), one per device, for `boot::cmdline::with_additions`.
+    pub fn cmdline_entries(&self) -> &[String] {
+        &self.cmdline
     }
 
     /// Starts the event loop serving every attached device (none if there are none); if it

@@ -92,6 +92,7 @@ impl Machine {
                 serial_input: None,
                 gate: quiesce::Gate::new(),
                 lifecycle: Mutex::new(()),
+                forks: std::sync::atomic::AtomicU64::new(0),
                 context: self.context,
                 kvm: self.kvm,
             },

@@ -1,6 +1,7 @@
 //! A microVM: created from a validated configuration or from saved state, then started,
 //! paused, resumed and stopped.
 
+mod fork;
 mod machine;
 pub(crate) mod quiesce;
 mod running;
@@ -18,7 +19,7 @@ use crate::config::VmConfig;
 use crate::console::{OutputDrain, SerialOutput};
 use crate::context::KvmContext;
 use crate::control::VmControl;
-use crate::devices::{attach_all, DeviceHandles};
+use crate::devices::{attach_all, CreatedFiles, DeviceHandles};
 use crate::error::Error;
 use crate::exit::ExitReason;
 use crate::idle::Doorbell;
@@ -28,6 +29,7 @@ use crate::vcpu::{self, run::SharedVcpu, Vcpu};
 use crate::virtio::{EventLoop, VirtioDevices};
 use zygote_devices::legacy::Serial;
 
+pub use fork::{Fork, ForkConfig, ForkError};
 pub use running::RunningVm;
 use serial_input::InputPump;
 pub use serial_input::SerialSource;
@@ -60,6 +62,8 @@ struct VmCore {
     gate: quiesce::Gate,
     /// Serializes pause, resume and capture between callers.
     lifecycle: Mutex<()>,
+    /// How many children this VM has forked (names and CIDs derived for them).
+    forks: std::sync::atomic::AtomicU64,
     context: Arc<KvmContext>,
     kvm: KvmVm,
 }
@@ -98,20 +102,23 @@ impl Vm {
         let ram = GuestRam::new(memory_bytes)?;
         let mut machine = machine::Machine::new(context, ram, serial_output, None)?;
         let memory = machine.kvm.ram().memory().clone();
+        // Overlay files created here are removed again if any later step fails.
+        let mut created = CreatedFiles::default();
         let handles = attach_all(
             devices,
             machine.kvm.vm_fd(),
             &mut machine.mmio,
             &memory,
             &mut machine.virtio,
+            &mut created,
         )?;
-        let cmdline = [cmdline.as_str(), &machine.virtio.cmdline()].join(" ");
+        let cmdline = boot::cmdline::with_additions(&cmdline, machine.virtio.cmdline_entries());
         let entry = boot::load(
             &memory,
             memory_bytes,
             vcpu_count,
             &mut kernel,
-            cmdline.trim(),
+            &cmdline,
             initrd.as_mut(),
         )?;
         identity::write(&memory, &identity::first()?)?;
@@ -120,9 +127,11 @@ impl Vm {
             .map(|index| Vcpu::new(machine.kvm.vm_fd(), supported, index, vcpu_count))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(boot_vcpu) = vcpus.first() {
-            boot_vcpu.set_boot_state(&memory, entry)?;
+            boot_vcpu.set_boot_state(entry)?;
         }
-        machine.finish(vcpus, handles, serial_input)
+        let vm = machine.finish(vcpus, handles, serial_input)?;
+        created.keep();
+        Ok(vm)
     }
 
     /// Makes a VM from a captured state over `ram` (which must hold the guest memory that
@@ -156,6 +165,7 @@ impl Vm {
             .restore(machine.kvm.vm_fd())
             .map_err(RestoreError::from)?;
         let memory = machine.kvm.ram().memory().clone();
+        let mut created = CreatedFiles::default();
         let handles = state::restore_virtio(
             &state.devices,
             config.devices,
@@ -163,6 +173,7 @@ impl Vm {
             &mut machine.mmio,
             &memory,
             &mut machine.virtio,
+            &mut created,
         )
         .map_err(RestoreError::from)?;
         let mut vcpus = Vec::with_capacity(state.vcpus.len());
@@ -174,7 +185,9 @@ impl Vm {
             saved.restore(&vcpu.fd).map_err(RestoreError::from)?;
             vcpus.push(vcpu);
         }
-        machine.finish(vcpus, handles, config.serial_input)
+        let vm = machine.finish(vcpus, handles, config.serial_input)?;
+        created.keep();
+        Ok(vm)
     }
 
     /// The guest's memory.
@@ -185,6 +198,11 @@ impl Vm {
     /// Handles on the VM's devices (net counters, the vsock socket path).
     pub fn devices(&self) -> &DeviceHandles {
         &self.core.devices
+    }
+
+    /// The VM's run-state, shared with whatever must be able to stop it.
+    pub(crate) fn control(&self) -> Arc<VmControl> {
+        self.core.control.clone()
     }
 
     /// Starts the vCPU threads.

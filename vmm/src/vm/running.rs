@@ -18,12 +18,16 @@ use crate::vcpu::run::SharedVcpu;
 /// How long a pause waits for the device threads to park.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long [`RunningVm::agent`] waits for the agent to accept.
+const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A VM whose vCPUs are running (or paused). Dropping it shuts the VM down.
 pub struct RunningVm {
-    pub(super) core: VmCore,
+    // Field order is drop order: the vCPU threads and fds go before the VM and its memory.
     pub(super) threads: Vec<JoinHandle<()>>,
     /// The vCPUs, shared with their threads; read and written only while parked.
     pub(super) vcpus: Vec<SharedVcpu>,
+    pub(super) core: VmCore,
 }
 
 impl RunningVm {
@@ -38,7 +42,13 @@ impl RunningVm {
     }
 
     /// A connection to the agent in Zygote's guest kernel (workload `agent`), waiting up to
-    /// ten seconds for it to accept.
+    /// ten seconds for it to accept. Requests then wait [`crate::agent::REQUEST_TIMEOUT`] (see
+    /// [`crate::agent::AgentClient::set_request_timeout`]).
+    ///
+    /// Errors: [`crate::agent::AgentError::NoVsock`];
+    /// [`crate::agent::AgentError::VmStopped`] at once if the VM has stopped (or as soon as it
+    /// stops while connecting, and later while a request waits);
+    /// [`crate::agent::AgentError::Connect`] after ten seconds without an answer.
     pub fn agent(&self) -> Result<crate::agent::AgentClient, crate::agent::AgentError> {
         let vsock = self
             .core
@@ -46,10 +56,12 @@ impl RunningVm {
             .vsock
             .as_ref()
             .ok_or(crate::agent::AgentError::NoVsock)?;
-        crate::agent::AgentClient::connect(
+        let control = self.core.control.clone();
+        crate::agent::AgentClient::connect_watching(
             &vsock.uds_path,
             crate::agent::AGENT_PORT,
-            Duration::from_secs(10),
+            AGENT_CONNECT_TIMEOUT,
+            move || control.exit_reason(),
         )
     }
 

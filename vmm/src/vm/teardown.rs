@@ -36,6 +36,17 @@ impl KvmVm {
     pub(super) fn ram(&self) -> &GuestRam {
         &self.inner.ram
     }
+
+    pub(super) fn ram_mut(&mut self) -> &mut GuestRam {
+        &mut self.inner.ram
+    }
+
+    /// Moves the VM onto `ram` (same layout and content) and returns the RAM it ran on. The
+    /// vCPUs must be parked and the devices moved to `ram` before they run again.
+    pub(super) fn replace_ram(&mut self, ram: GuestRam) -> Result<GuestRam, crate::MemoryError> {
+        ram.reregister(&self.inner.vm_fd, &self.inner.ram)?;
+        Ok(std::mem::replace(&mut self.inner.ram, ram))
+    }
 }
 
 impl Drop for KvmVm {

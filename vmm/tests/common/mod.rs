@@ -148,3 +148,46 @@ pub fn exchange_frames(
     endpoint.send(inbound).unwrap();
     assert_eq!(agent.net_recv(10_000).unwrap().as_deref(), Some(inbound));
 }
+
+/// A loop device (`losetup`, root only) over a file of `len` bytes of [`disk_image`]'s
+/// pattern; detached, and its file removed, when dropped, even when the test fails.
+pub struct LoopDevice {
+    /// The device node, like `/dev/loop3`.
+    pub path: std::path::PathBuf,
+    /// The file behind it.
+    pub backing: std::path::PathBuf,
+}
+
+impl LoopDevice {
+    /// Attaches a loop device over a fresh pattern file named after `name`.
+    pub fn new(name: &str, len: usize) -> Self {
+        let backing = disk_image(&format!("{name}.loop"), len);
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&backing)
+            .output()
+            .expect("run losetup (the loop device tests need root)");
+        if !out.status.success() {
+            let _ = std::fs::remove_file(&backing);
+            panic!(
+                "losetup failed (root needed): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let path = String::from_utf8(out.stdout).expect("a device path");
+        Self {
+            path: path.trim().into(),
+            backing,
+        }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&self.path)
+            .status();
+        let _ = std::fs::remove_file(&self.backing);
+    }
+}

@@ -1,11 +1,13 @@
 //! Where a block device's bytes live: a raw image file, or a copy-on-write overlay over one.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
-use super::SECTOR_SIZE;
+use super::{file_size, SECTOR_SIZE};
 
 /// Storage behind a virtio-blk device. Offsets and lengths are in bytes; callers keep every
 /// access within [`BlockBackend::size`].
@@ -20,7 +22,11 @@ pub trait BlockBackend: Send {
     fn flush(&mut self) -> io::Result<()>;
 }
 
-/// A raw disk image in a file, accessed with `pread`/`pwrite`.
+/// A raw disk image in a regular file or a block device, accessed with `pread`/`pwrite`.
+///
+/// The disk's size is fixed when it is created (see [`file_size`]). If the file later shrinks
+/// under it (the host truncates the image while the VM runs), bytes past the file's new end
+/// read as zeros, as a sparse file's holes do, and writes there extend the file again.
 #[derive(Debug)]
 pub struct RawFile {
     file: File,
@@ -28,9 +34,11 @@ pub struct RawFile {
 }
 
 impl RawFile {
-    /// Uses `file` as a disk whose size is the file's size at this moment.
+    /// Uses `file` as a disk whose size is the file's size at this moment: its length for a
+    /// regular file, `BLKGETSIZE64` for a block device. Anything else is refused with
+    /// `ErrorKind::InvalidInput`.
     pub fn new(file: File) -> io::Result<Self> {
-        let size = file.metadata()?.len();
+        let size = file_size(&file)?;
         Ok(Self { file, size })
     }
 }
@@ -41,7 +49,20 @@ impl BlockBackend for RawFile {
     }
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        let mut done = 0;
+        while let Some(rest) = buf.get_mut(done..).filter(|rest| !rest.is_empty()) {
+            match self.file.read_at(rest, offset + done as u64) {
+                // The end of the file: the rest of a fixed-size disk reads as zeros.
+                Ok(0) => {
+                    rest.fill(0);
+                    break;
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -56,7 +77,13 @@ impl BlockBackend for RawFile {
 type Sector = [u8; SECTOR_SIZE as usize];
 
 /// A copy-on-write view of a base disk: writes land in memory, sector by sector, and the base
-/// is only ever read. Reads take a sector from the overlay when it was written, else the base.
+/// is only ever read.
+///
+/// The base is read only for the bytes the overlay lacks: a read takes the sectors the overlay
+/// holds from memory and asks the base for the others; a write that covers a sector whole
+/// never reads the base, and a write to part of a sector the overlay lacks first copies that
+/// sector from the base (bytes past the base's end, if it shrank, are zeros as the base reads
+/// them). So sectors held whole in the overlay never depend on the base.
 pub struct Overlay<B> {
     base: B,
     sectors: BTreeMap<u64, Box<Sector>>,
@@ -81,7 +108,7 @@ impl<B: BlockBackend> Overlay<B> {
     fn for_each_piece(
         offset: u64,
         len: usize,
-        mut f: impl FnMut(u64, usize, std::ops::Range<usize>) -> io::Result<()>,
+        mut f: impl FnMut(u64, usize, Range<usize>) -> io::Result<()>,
     ) -> io::Result<()> {
         let mut done = 0usize;
         while done < len {
@@ -102,29 +129,43 @@ impl<B: BlockBackend> BlockBackend for Overlay<B> {
     }
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.base.read_at(buf, offset)?;
-        let sectors = &self.sectors;
+        let Self { base, sectors } = self;
+        // Consecutive pieces the overlay lacks are read from the base at once.
+        let mut lacking: Option<Range<usize>> = None;
         Self::for_each_piece(offset, buf.len(), |sector, within, range| {
-            if let (Some(data), Some(out)) = (sectors.get(&sector), buf.get_mut(range)) {
-                let src = data.get(within..within + out.len()).ok_or_else(bad_range)?;
-                out.copy_from_slice(src);
+            let Some(data) = sectors.get(&sector) else {
+                lacking = Some(lacking.take().map_or(range.clone(), |r| r.start..range.end));
+                return Ok(());
+            };
+            if let Some(run) = lacking.take() {
+                read_base_run(base, buf, offset, run)?;
             }
+            let out = buf.get_mut(range).ok_or_else(bad_range)?;
+            let src = data.get(within..within + out.len()).ok_or_else(bad_range)?;
+            out.copy_from_slice(src);
             Ok(())
-        })
+        })?;
+        match lacking {
+            Some(run) => read_base_run(base, buf, offset, run),
+            None => Ok(()),
+        }
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         let Self { base, sectors } = self;
         Self::for_each_piece(offset, buf.len(), |sector, within, range| {
+            let src = buf.get(range).ok_or_else(bad_range)?;
             let data = match sectors.entry(sector) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
                     let mut fresh = Box::new([0u8; SECTOR_SIZE as usize]);
-                    read_base_sector(base, sector, &mut fresh)?;
+                    // Only a partial sector needs the base's bytes around the write.
+                    if src.len() < fresh.len() {
+                        read_base_sector(base, sector, &mut fresh)?;
+                    }
                     e.insert(fresh)
                 }
             };
-            let src = buf.get(range).ok_or_else(bad_range)?;
             let dst = data
                 .get_mut(within..within + src.len())
                 .ok_or_else(bad_range)?;
@@ -139,7 +180,18 @@ impl<B: BlockBackend> BlockBackend for Overlay<B> {
     }
 }
 
-/// Reads one sector of the base; a sector cut short by the end of the base reads as zeros past
+/// Reads `buf[run]` from `base`, at `offset + run.start`.
+fn read_base_run<B: BlockBackend>(
+    base: &mut B,
+    buf: &mut [u8],
+    offset: u64,
+    run: Range<usize>,
+) -> io::Result<()> {
+    let at = offset + run.start as u64;
+    base.read_at(buf.get_mut(run).ok_or_else(bad_range)?, at)
+}
+
+/// Reads one sector of the base; a sector cut short by the end of the disk reads as zeros past
 /// the end.
 fn read_base_sector<B: BlockBackend>(
     base: &mut B,
@@ -164,6 +216,7 @@ fn bad_range() -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::block::testing::{pattern, LoopDevice, WatchedBase};
     use vmm_sys_util::tempfile::TempFile;
 
     fn image(contents: &[u8]) -> (TempFile, RawFile) {
@@ -187,5 +240,101 @@ mod tests {
         assert_eq!(all, expected);
         assert_eq!(std::fs::read(tmp.as_path()).unwrap(), base);
         overlay.flush().unwrap();
+    }
+
+    const SECTOR: u64 = SECTOR_SIZE;
+
+    #[test]
+    fn overlay_sectors_written_whole_never_touch_the_base() {
+        // The base refuses every read of sectors 8..16.
+        let mut overlay = Overlay::new(WatchedBase::new(16 * 512, 8 * SECTOR..16 * SECTOR));
+        let reads = overlay.base.reads.clone();
+        let data: Vec<u8> = (0..8 * 512).map(|i| (i * 7) as u8).collect();
+        overlay.write_at(&data, 8 * SECTOR).unwrap();
+        let mut got = vec![0u8; 8 * 512];
+        overlay.read_at(&mut got, 8 * SECTOR).unwrap();
+        assert!(got == data);
+        // A read across base and overlay sectors asks the base for its own sectors only.
+        let mut mixed = vec![0u8; 12 * 512];
+        overlay.read_at(&mut mixed, 4 * SECTOR).unwrap();
+        assert!(mixed[..4 * 512] == pattern(8 * 512)[4 * 512..]);
+        assert!(mixed[4 * 512..] == data);
+        // Partial sectors are completed from the base, only those sectors.
+        overlay.write_at(&[0xaa; 10], 2 * SECTOR + 100).unwrap();
+        let mut sector = [0u8; 512];
+        overlay.read_at(&mut sector, 2 * SECTOR).unwrap();
+        let mut expected = pattern(3 * 512)[2 * 512..].to_vec();
+        expected[100..110].fill(0xaa);
+        assert!(sector[..] == expected[..]);
+        let reads = reads.lock().unwrap();
+        assert!(
+            reads.iter().all(|r| r.end <= 8 * SECTOR),
+            "the base was read for overlay sectors: {reads:?}"
+        );
+    }
+
+    #[test]
+    fn overlay_sectors_survive_the_base_image_shrinking() {
+        let (tmp, raw) = image(&pattern(16 * 512));
+        let mut overlay = Overlay::new(raw);
+        overlay.write_at(&[0x11; 4 * 512], 12 * SECTOR).unwrap();
+        // The host truncates the image to 4 sectors and 100 bytes while the overlay is in use.
+        tmp.as_file().set_len(4 * SECTOR + 100).unwrap();
+        let mut got = vec![0u8; 4 * 512];
+        overlay.read_at(&mut got, 12 * SECTOR).unwrap();
+        assert_eq!(got, [0x11; 4 * 512]);
+        // Whole sectors past the new end are written and read back.
+        overlay.write_at(&[0x22; 2 * 512], 8 * SECTOR).unwrap();
+        overlay.read_at(&mut got[..1024], 8 * SECTOR).unwrap();
+        assert_eq!(got[..1024], [0x22; 1024]);
+        // A partial sector past the end is completed with zeros, as a sparse disk reads; so is
+        // the short sector across the new end, after the base's bytes.
+        overlay.write_at(&[0x33; 10], 6 * SECTOR + 500).unwrap();
+        let mut sector = [0u8; 512];
+        overlay.read_at(&mut sector, 6 * SECTOR).unwrap();
+        assert!(sector[..500].iter().all(|&b| b == 0));
+        assert_eq!(sector[500..510], [0x33; 10]);
+        overlay.write_at(&[0x44; 10], 4 * SECTOR + 200).unwrap();
+        overlay.read_at(&mut sector, 4 * SECTOR).unwrap();
+        assert!(sector[..100] == pattern(5 * 512)[4 * 512..4 * 512 + 100]);
+        assert!(sector[100..200].iter().all(|&b| b == 0));
+        assert_eq!(sector[200..210], [0x44; 10]);
+        // Sectors the overlay never held read as zeros past the end, the base's bytes before.
+        overlay.read_at(&mut sector, 10 * SECTOR).unwrap();
+        assert_eq!(sector, [0; 512]);
+        overlay.read_at(&mut sector, 3 * SECTOR).unwrap();
+        assert!(sector[..] == pattern(4 * 512)[3 * 512..]);
+        // The base was never written.
+        assert_eq!(
+            std::fs::metadata(tmp.as_path()).unwrap().len(),
+            4 * SECTOR + 100
+        );
+    }
+
+    #[test]
+    fn raw_file_reads_past_a_truncated_end_as_zeros_and_writes_extend_it() {
+        let (tmp, _) = image(&pattern(8 * 512));
+        let file = File::options().read(true).write(true).open(tmp.as_path());
+        let mut raw = RawFile::new(file.unwrap()).unwrap();
+        tmp.as_file().set_len(2 * SECTOR + 10).unwrap();
+        assert_eq!(raw.size(), 8 * SECTOR, "the disk keeps its size");
+        let mut got = vec![0xffu8; 2 * 512];
+        raw.read_at(&mut got, 2 * SECTOR - 512).unwrap();
+        assert!(got[..522] == pattern(2 * 512 + 10)[512..]);
+        assert!(got[522..].iter().all(|&b| b == 0));
+        raw.write_at(&[5; 512], 6 * SECTOR).unwrap();
+        raw.read_at(&mut got, 6 * SECTOR).unwrap();
+        assert_eq!(got[..512], [5; 512]);
+        assert!(got[512..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn raw_file_sizes_a_loop_device_by_its_bytes() {
+        let dev = LoopDevice::over_pattern("rawfile", 1 << 20);
+        let mut raw = RawFile::new(dev.open()).unwrap();
+        assert_eq!(raw.size(), 1 << 20);
+        let mut last = [0u8; 512];
+        raw.read_at(&mut last, (1 << 20) - 512).unwrap();
+        assert!(last[..] == pattern(1 << 20)[(1 << 20) - 512..]);
     }
 }

@@ -174,6 +174,12 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
+    fn set_memory(&mut self, memory: Memory) {
+        if let Some(active) = self.active.as_mut() {
+            active.memory = memory;
+        }
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.pending = false;

@@ -10,12 +10,14 @@ mod backend;
 mod device;
 mod overlay_file;
 mod request;
+mod size;
 mod state;
 
 pub use backend::{BlockBackend, Overlay, RawFile};
 pub use device::{Block, BlockError};
 pub use overlay_file::{FileOverlay, OVERLAY_BLOCK_SIZE};
 pub use request::RequestError;
+pub use size::{file_size, fit_to, storage_kind, StorageKind};
 pub use state::{BlockRestoreError, BlockState};
 
 /// Size of a virtio-blk sector, the unit of `capacity` and of request offsets.
@@ -33,5 +35,7 @@ pub const ID_BYTES: usize = 20;
 
 #[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod testing;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
-use super::BlockBackend;
+use super::{fit_to, BlockBackend};
 
 /// Unit of copy-up in a [`FileOverlay`]: the first write to a block copies the whole block from
 /// the base into the overlay file.
@@ -18,7 +18,9 @@ pub const OVERLAY_BLOCK_SIZE: u64 = 4096;
 /// take those blocks from the overlay file and every other block from the base. The first write
 /// to a block copies the block up from the base (unless the write covers it whole), so a
 /// 512-byte sector write keeps the rest of its block. A last block cut short by the end of the
-/// disk is copied up as far as the end. The base is never written.
+/// disk is copied up as far as the end. The base is never written, and is read only for the
+/// blocks the overlay lacks: blocks it holds never depend on the base, and a copy-up past the
+/// base's end (a base that shrank) gets zeros there, as the base reads them.
 ///
 /// The bitmap lives in memory: the overlay file on its own does not say which of its blocks
 /// are data and which are holes, so it is not a disk image to reopen later.
@@ -30,11 +32,12 @@ pub struct FileOverlay<B> {
 }
 
 impl<B: BlockBackend> FileOverlay<B> {
-    /// An empty overlay over `base` in `file` (opened for reading and writing), which is resized
-    /// to the base's size. What `file` held before is ignored and never read.
+    /// An empty overlay over `base` in `file` (opened for reading and writing): a regular file
+    /// is resized to the base's size, a block device must hold at least that many bytes (see
+    /// [`fit_to`]). What `file` held before is ignored and never read.
     pub fn new(base: B, file: File) -> io::Result<Self> {
         let size = base.size();
-        file.set_len(size)?;
+        fit_to(&file, size)?;
         let present = Bitmap::new(size.div_ceil(OVERLAY_BLOCK_SIZE))?;
         Ok(Self {
             base,
@@ -257,6 +260,7 @@ pub(super) fn over_temp_file<B: BlockBackend>(base: B) -> (FileOverlay<B>, TempF
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::block::testing::{LoopDevice, WatchedBase};
     use crate::virtio::block::RawFile;
 
     const BLOCK: usize = OVERLAY_BLOCK_SIZE as usize;
@@ -394,5 +398,85 @@ mod tests {
         fx.overlay.write_at(&[], 2 * OVERLAY_BLOCK_SIZE).unwrap();
         fx.overlay.read_at(&mut [], 0).unwrap();
         fx.check();
+    }
+
+    #[test]
+    fn blocks_written_whole_never_touch_the_base() {
+        // The base refuses every read of blocks 4..8.
+        let base = WatchedBase::new(8 * BLOCK, 4 * OVERLAY_BLOCK_SIZE..8 * OVERLAY_BLOCK_SIZE);
+        let reads = base.reads.clone();
+        let (mut overlay, _file) = over_temp_file(base);
+        let data: Vec<u8> = (0..4 * BLOCK).map(|i| (i * 7) as u8).collect();
+        overlay.write_at(&data, 4 * OVERLAY_BLOCK_SIZE).unwrap();
+        let mut got = vec![0u8; 6 * BLOCK];
+        overlay.read_at(&mut got, 2 * OVERLAY_BLOCK_SIZE).unwrap();
+        assert!(got[..2 * BLOCK] == pattern(4 * BLOCK)[2 * BLOCK..]);
+        assert!(got[2 * BLOCK..] == data);
+        // A partial block copies up that block only.
+        overlay
+            .write_at(&[0xaa; 512], OVERLAY_BLOCK_SIZE + 512)
+            .unwrap();
+        overlay
+            .write_at(&[0xbb; 512], 5 * OVERLAY_BLOCK_SIZE)
+            .unwrap();
+        let reads = reads.lock().unwrap();
+        assert!(
+            reads.iter().all(|r| r.end <= 4 * OVERLAY_BLOCK_SIZE),
+            "the base was read for overlay blocks: {reads:?}"
+        );
+    }
+
+    #[test]
+    fn overlay_blocks_survive_the_base_image_shrinking() {
+        let mut fx = Fixture::new(16 * BLOCK);
+        fx.write(&vec![0x11; 2 * BLOCK], 12 * BLOCK);
+        // The host truncates the image to 4 blocks and 100 bytes while the overlay is in use.
+        let cut = 4 * BLOCK + 100;
+        fx.base.as_file().set_len(cut as u64).unwrap();
+        assert_eq!(fx.read(12 * BLOCK, 2 * BLOCK), vec![0x11; 2 * BLOCK]);
+        // A whole block, and a single sector that needs its block copied up, past the new end:
+        // the base's missing bytes are zeros, as a sparse disk reads.
+        fx.overlay
+            .write_at(&vec![0x22; BLOCK], 8 * OVERLAY_BLOCK_SIZE)
+            .unwrap();
+        fx.overlay
+            .write_at(&[0x33; 512], 10 * OVERLAY_BLOCK_SIZE + 1024)
+            .unwrap();
+        assert_eq!(fx.read(8 * BLOCK, BLOCK), vec![0x22; BLOCK]);
+        let block = fx.read(10 * BLOCK, BLOCK);
+        assert!(block[..1024].iter().all(|&b| b == 0));
+        assert_eq!(block[1024..1536], [0x33; 512]);
+        assert!(block[1536..].iter().all(|&b| b == 0));
+        // The block across the new end keeps the base's bytes before it and zeros after.
+        fx.overlay
+            .write_at(&[0x44; 512], 4 * OVERLAY_BLOCK_SIZE + 2048)
+            .unwrap();
+        let block = fx.read(4 * BLOCK, BLOCK);
+        assert!(block[..100] == pattern(cut)[4 * BLOCK..]);
+        assert!(block[100..2048].iter().all(|&b| b == 0));
+        assert_eq!(block[2048..2560], [0x44; 512]);
+        // Blocks the overlay never held read as zeros past the end.
+        assert!(fx.read(6 * BLOCK, BLOCK).iter().all(|&b| b == 0));
+        let base = std::fs::read(fx.base.as_path()).unwrap();
+        assert!(base == pattern(cut), "base image modified");
+    }
+
+    #[test]
+    fn an_overlay_on_a_block_device_keeps_its_size_and_needs_room() {
+        let base = LoopDevice::over_pattern("ovl-base", 16 * BLOCK);
+        let cow = LoopDevice::over_pattern("ovl-cow", 16 * BLOCK);
+        let raw = RawFile::new(File::open(&base.path).unwrap()).unwrap();
+        let mut overlay = FileOverlay::new(raw, cow.open()).unwrap();
+        assert_eq!(overlay.size(), 16 * OVERLAY_BLOCK_SIZE);
+        overlay.write_at(&[0x55; 512], 512).unwrap();
+        let mut got = vec![0u8; BLOCK];
+        overlay.read_at(&mut got, 0).unwrap();
+        let mut expected = pattern(BLOCK);
+        expected[512..1024].fill(0x55);
+        assert!(got == expected);
+        // An overlay device smaller than the disk is refused.
+        let small = LoopDevice::over_pattern("ovl-small", 8 * BLOCK);
+        let raw = RawFile::new(File::open(&base.path).unwrap()).unwrap();
+        assert!(FileOverlay::new(raw, small.open()).is_err());
     }
 }

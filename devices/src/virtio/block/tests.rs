@@ -293,3 +293,66 @@ fn ids_longer_than_20_bytes_are_refused() {
         Some(BlockError::IdTooLong(22))
     );
 }
+
+fn capacity(h: &mut Harness) -> u64 {
+    let mut capacity = [0u8; 8];
+    crate::BusDevice::read(&mut h.transport, regs::CONFIG, &mut capacity);
+    u64::from_le_bytes(capacity)
+}
+
+/// The three ways the VMM puts a disk over `file`: directly, under an in-memory overlay, and
+/// under an overlay file (kept alive in the returned `TempFile`).
+fn every_mode(open: impl Fn() -> File) -> Vec<(Box<dyn BlockBackend>, Option<TempFile>)> {
+    let raw = || RawFile::new(open()).unwrap();
+    let (file_overlay, cow) = super::overlay_file::over_temp_file(raw());
+    vec![
+        (Box::new(raw()), None),
+        (Box::new(Overlay::new(raw())), None),
+        (Box::new(file_overlay), Some(cow)),
+    ]
+}
+
+#[test]
+fn a_block_device_disk_has_the_device_capacity_in_every_mode() {
+    let dev = super::testing::LoopDevice::over_pattern("blk-modes", (DISK_SECTORS * 512) as usize);
+    for (disk, _cow) in every_mode(|| dev.open()) {
+        let mut h = harness_with(image(), disk, false);
+        assert_eq!(capacity(&mut h), DISK_SECTORS);
+        assert_eq!(h.read(0, 1024), (OK, expected(0, 1024)));
+        assert_eq!(
+            h.read(DISK_SECTORS - 1, 512),
+            (OK, expected(DISK_SECTORS - 1, 512))
+        );
+        assert_eq!(h.read(DISK_SECTORS, 512).0, IOERR);
+    }
+}
+
+#[test]
+fn a_size_that_is_not_a_multiple_of_512_rounds_down_and_its_tail_is_never_touched() {
+    let len = DISK_SECTORS * SECTOR_SIZE + 300;
+    let image = TempFile::new().unwrap();
+    let contents: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    image.as_file().write_all_at(&contents, 0).unwrap();
+    let open = || {
+        File::options()
+            .read(true)
+            .write(true)
+            .open(image.as_path())
+            .unwrap()
+    };
+    for (disk, _cow) in every_mode(open) {
+        let mut h = harness_with(TempFile::new().unwrap(), disk, false);
+        assert_eq!(capacity(&mut h), DISK_SECTORS);
+        assert_eq!(h.read(DISK_SECTORS, 512).0, IOERR);
+        assert_eq!(h.read(DISK_SECTORS - 1, 1024).0, IOERR);
+        assert_eq!(h.write(DISK_SECTORS, &[0; 512]), IOERR);
+        assert_eq!(h.write(DISK_SECTORS - 1, &[0xab; 512]), OK);
+        assert_eq!(h.read(DISK_SECTORS - 1, 512), (OK, vec![0xab; 512]));
+    }
+    // The direct disk wrote its last whole sector; the 300 bytes after it were never touched.
+    let after = std::fs::read(image.as_path()).unwrap();
+    let tail = (DISK_SECTORS * SECTOR_SIZE) as usize;
+    assert_eq!(after.len() as u64, len);
+    assert_eq!(after[tail - 512..tail], [0xab; 512]);
+    assert_eq!(after[tail..], contents[tail..]);
+}

@@ -42,6 +42,10 @@ impl VirtioDevice for Dummy {
         self.active = Some(activation.queues);
         Ok(())
     }
+    fn set_memory(&mut self, _memory: Memory) {
+        // The dummy keeps only its queues, not the memory.
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.resets += 1;

@@ -61,6 +61,13 @@ impl<D: VirtioDevice> MmioTransport<D> {
         })
     }
 
+    /// Moves the transport and its device to `memory`, a new mapping of the same guest
+    /// memory (see [`VirtioDevice::set_memory`]). The VM must be paused.
+    pub fn set_memory(&mut self, memory: Memory) {
+        self.device.set_memory(memory.clone());
+        self.memory = memory;
+    }
+
     /// The device.
     pub fn device(&self) -> &D {
         &self.device

@@ -278,6 +278,12 @@ impl VirtioDevice for Net {
         Ok(())
     }
 
+    fn set_memory(&mut self, memory: crate::virtio::Memory) {
+        if let Some(active) = self.active.as_mut() {
+            active.memory = memory;
+        }
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.more_rx = false;

@@ -2,10 +2,11 @@
 //! accounting of both directions (virtio 1.2 §5.10.6.3), and the bytes waiting for the host.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 use super::packet::{Header, Op, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 
@@ -15,7 +16,8 @@ pub const CONN_BUF_ALLOC: u32 = 256 * 1024;
 const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_ALLOC / 4;
 
 /// Where a connection is in its life. How far each side has shut it down is kept apart, in
-/// [`Connection::peer_shutdown`] and [`Connection::host_eof`].
+/// [`Connection::peer_shutdown`], [`Connection::host_eof`], [`Connection::host_closed`] and
+/// [`Connection::told_guest`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnState {
     /// Host-initiated: `REQUEST` sent to the guest, waiting for `RESPONSE`.
@@ -36,8 +38,19 @@ pub struct Connection {
     pub(super) peer_shutdown: u32,
     /// The host program will send no more: its socket reached end of stream.
     pub(super) host_eof: bool,
+    /// The host program can take no more: it closed its socket (hang-up) or writing to it
+    /// failed. What the guest sends from then on is dropped.
+    pub(super) host_closed: bool,
+    /// The SHUTDOWN flags sent to the guest so far; they accumulate, like the guest's.
+    pub(super) told_guest: u32,
+    /// When the muxer stops waiting for the guest (its RESPONSE, its RST after a clean
+    /// disconnect) and resets the connection; `None` while nothing is awaited.
+    pub(super) deadline: Option<Instant>,
     /// The host socket's write side was shut (the guest shut SEND and all it sent was written).
     host_write_shut: bool,
+    /// The host socket's read side was shut (the guest shut RCV), so the host program's
+    /// writes fail instead of piling up unread.
+    host_read_shut: bool,
     /// A CREDIT_UPDATE is owed to the guest (it asked, or much was forwarded since the last).
     /// One flag, not a queued packet per request, so a guest cannot pile them up.
     pub(super) credit_update_pending: bool,
@@ -67,7 +80,11 @@ impl Connection {
             host_readable: false,
             peer_shutdown: 0,
             host_eof: false,
+            host_closed: false,
+            told_guest: 0,
+            deadline: None,
             host_write_shut: false,
+            host_read_shut: false,
             credit_update_pending: false,
             peer_buf_alloc: 0,
             peer_fwd_cnt: 0,
@@ -134,10 +151,16 @@ impl Connection {
     }
 
     /// Writes as much queued data to the host socket as it takes now: the handshake reply
-    /// first, then the guest's data (which is what `fwd_cnt` counts).
+    /// first, then the guest's data (which is what `fwd_cnt` counts). Once the host program
+    /// can take nothing more ([`Connection::host_closed`]) queued data is dropped instead.
     pub fn flush_to_host(&mut self) -> io::Result<()> {
+        if self.host_closed {
+            self.reply.clear();
+            self.to_host.clear();
+            return Ok(());
+        }
         while !self.reply.is_empty() {
-            match self.stream.write(&self.reply) {
+            match send_nosignal(&self.stream, &self.reply) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => drop(self.reply.drain(..n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -147,7 +170,7 @@ impl Connection {
         }
         while !self.to_host.is_empty() {
             let (front, _) = self.to_host.as_slices();
-            match self.stream.write(front) {
+            match send_nosignal(&self.stream, front) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.to_host.drain(..n);
@@ -180,6 +203,23 @@ impl Connection {
         ready > 0 && pfd.revents & libc::POLLHUP != 0
     }
 
+    /// Whether bytes the host program sent are waiting in its socket. Used once it hung up
+    /// before the guest accepted: they must still reach the guest.
+    pub fn host_data_waiting(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: the buffer is one valid byte for recv to fill; MSG_PEEK leaves the data in
+        // the socket and MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n > 0
+    }
+
     /// Whether the guest said it will send no more (SHUTDOWN with `SHUTDOWN_SEND`).
     pub fn guest_send_shut(&self) -> bool {
         self.peer_shutdown & SHUTDOWN_SEND != 0
@@ -194,6 +234,33 @@ impl Connection {
             self.host_write_shut = true;
         }
         Ok(())
+    }
+
+    /// Once the guest said it will receive no more, shuts the host socket's read side: the
+    /// host program's writes then fail (`EPIPE`) rather than wait for a reader that is gone.
+    pub fn shut_host_read_if_guest_rcv_shut(&mut self) {
+        if self.peer_shutdown & SHUTDOWN_RCV != 0 && !self.host_read_shut {
+            // Failing (the host program already closed) changes nothing: nobody writes.
+            let _ = self.stream.shutdown(Shutdown::Read);
+            self.host_read_shut = true;
+        }
+    }
+
+    /// Whether nothing more goes from the host to the guest: the host's stream ended (and
+    /// the guest was told) or the guest will receive no more.
+    pub fn host_to_guest_done(&self) -> bool {
+        self.host_eof || self.peer_shutdown & SHUTDOWN_RCV != 0
+    }
+
+    /// Whether the guest was told both directions are shut (a clean disconnect the guest
+    /// answers with RST, virtio 1.2 §5.10.6.5).
+    pub fn told_guest_all(&self) -> bool {
+        self.told_guest & (SHUTDOWN_RCV | SHUTDOWN_SEND) == SHUTDOWN_RCV | SHUTDOWN_SEND
+    }
+
+    /// Whether the guest shut both of its directions (it closed its socket).
+    pub fn guest_shut_all(&self) -> bool {
+        self.peer_shutdown & (SHUTDOWN_RCV | SHUTDOWN_SEND) == SHUTDOWN_RCV | SHUTDOWN_SEND
     }
 
     /// Whether both directions are done, so the connection ends with RST (virtio 1.2
@@ -222,6 +289,12 @@ impl Connection {
                     return Ok(None);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The host program closed its socket without reading all we wrote: Linux
+                // reports that after the last byte it sent, in place of end of stream.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    self.host_closed = true;
+                    return Ok(Some(0));
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -237,12 +310,32 @@ impl Connection {
     }
 }
 
+/// `send(2)` with `MSG_NOSIGNAL`: a host program that closed its socket makes this fail with
+/// `EPIPE` instead of raising `SIGPIPE` in the VMM's process.
+fn send_nosignal(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes and the fd is open.
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// The guest sent more than the buffer space the host advertised.
 #[derive(Debug, PartialEq, Eq)]
 pub struct CreditOverrun;
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     fn pair() -> (Connection, UnixStream) {

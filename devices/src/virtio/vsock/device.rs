@@ -254,6 +254,12 @@ impl VirtioDevice for Vsock {
         Ok(())
     }
 
+    fn set_memory(&mut self, memory: crate::virtio::Memory) {
+        if let Some(active) = self.active.as_mut() {
+            active.memory = memory;
+        }
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.muxer.reset_all();

@@ -10,6 +10,10 @@ mod state;
 
 pub use connection::CONN_BUF_ALLOC;
 pub use device::{Vsock, VsockConfig, VsockError};
+pub use muxer::{
+    CLOSE_TIMEOUT, CONTROL_QUEUE_LEN, HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_HANDSHAKES,
+    RESPONSE_TIMEOUT,
+};
 pub use packet::{Header, Op, HEADER_LEN, HOST_CID, MAX_PAYLOAD, TYPE_STREAM};
 pub use state::VsockState;
 

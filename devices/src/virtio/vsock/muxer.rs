@@ -8,19 +8,28 @@
 //!   `<uds_path>_<P>`, which a host program listens on.
 //!
 //! All host sockets are non-blocking and registered (edge-triggered for connections) on one
-//! inner epoll whose fd the VMM's event loop watches.
+//! inner epoll whose fd the VMM's event loop watches, together with a timer for the deadlines
+//! below (`expiry`).
+//!
+//! Nothing waits on a peer without a bound: a host program has [`HANDSHAKE_TIMEOUT`] to send
+//! its `CONNECT` line and at most [`MAX_HANDSHAKES`] connections wait for theirs; the guest
+//! has [`RESPONSE_TIMEOUT`] to answer a REQUEST and [`CLOSE_TIMEOUT`] to answer a clean
+//! disconnect with RST (virtio 1.2 §5.10.6.5), after which the muxer sends its own RST.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{ConnState, Connection};
-use super::packet::{Header, Op, HOST_CID, TYPE_STREAM};
+use super::packet::{Header, Op, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::socket_file::SocketFile;
+use handshake::Handshake;
 
 /// Most connections (established or handshaking) one device keeps. Each holds a host fd, so
 /// this stays well below the usual soft limit of 1024 open files.
@@ -30,8 +39,22 @@ pub const MAX_CONNECTIONS: usize = 512;
 /// in its tx queue): a guest that posts no rx buffers is throttled, and host memory stays
 /// bounded. Host events add at most a few per connection on top (see [`Muxer::queue_control`]).
 pub const CONTROL_QUEUE_LEN: usize = 256;
-/// Longest `CONNECT <port>\n` line accepted.
-const MAX_HANDSHAKE_LINE: usize = 32;
+/// Longest a host program's connection may wait for its whole `CONNECT <port>\n` line, from
+/// being accepted; then it is closed. Host programs send the line right after connecting.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most host connections waiting for their `CONNECT` line. A connection arriving beyond this
+/// closes the one that has waited longest, so a program that opens connections and stays
+/// silent cannot keep others out (it holds at most this many slots, each for at most
+/// [`HANDSHAKE_TIMEOUT`]).
+pub const MAX_HANDSHAKES: usize = 64;
+/// Longest the guest may take to answer a host connection's REQUEST (with RESPONSE or RST);
+/// then the muxer cancels it with RST and closes the host socket (Firecracker allows 2 s).
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection waits for the guest's RST once the guest was told both directions
+/// are shut (virtio 1.2 §5.10.6.5: RST "within an implementation-specific amount of time"),
+/// and for what the guest sent before it shut both of its own to be written to the host
+/// socket. Then the muxer sends RST itself and the connection is gone.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// First port handed to host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
@@ -40,13 +63,9 @@ type Key = (u32, u32);
 
 enum Target {
     Listener,
+    Timer,
     Handshake(RawFd),
     Conn(Key),
-}
-
-struct Handshake {
-    stream: UnixStream,
-    line: Vec<u8>,
 }
 
 /// Multiplexes the guest's stream connections onto host Unix sockets.
@@ -70,6 +89,10 @@ pub struct Muxer {
     /// Whether the listener is watched; accepting pauses when `accept` fails (e.g. out of fds)
     /// and resumes when a connection closes.
     accepting: bool,
+    /// Fires at the earliest deadline of a handshake or connection (see `expiry`).
+    timer: TimerFd,
+    /// The deadline the timer is armed for, if any.
+    timer_armed_for: Option<Instant>,
 }
 
 impl Muxer {
@@ -92,9 +115,13 @@ impl Muxer {
             control: VecDeque::with_capacity(CONTROL_QUEUE_LEN),
             next_local_port: FIRST_LOCAL_PORT,
             accepting: true,
+            timer: expiry::nonblocking_timer()?,
+            timer_armed_for: None,
         };
         let fd = muxer.listener.as_raw_fd();
         muxer.watch(fd, EventSet::IN, Target::Listener)?;
+        let fd = muxer.timer.as_raw_fd();
+        muxer.watch(fd, EventSet::IN, Target::Timer)?;
         Ok(muxer)
     }
 
@@ -169,6 +196,7 @@ impl Muxer {
     fn handle_event(&mut self, token: u64, set: EventSet) {
         match self.targets.get(&token) {
             Some(Target::Listener) => self.accept_all(),
+            Some(Target::Timer) => self.timer_fired(),
             Some(Target::Handshake(fd)) => {
                 let fd = *fd;
                 self.read_handshake(fd);
@@ -178,119 +206,6 @@ impl Muxer {
                 self.conn_ready(key, set);
             }
             None => {}
-        }
-    }
-
-    fn accept_all(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => self.start_handshake(stream),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    // Out of fds (EMFILE) or similar: the connection stays in the backlog and
-                    // the listener stays readable, so retrying now would only spin.
-                    self.pause_accepting();
-                    return;
-                }
-            }
-        }
-    }
-
-    fn start_handshake(&mut self, stream: UnixStream) {
-        if self.conns.len() + self.handshakes.len() >= MAX_CONNECTIONS
-            || stream.set_nonblocking(true).is_err()
-        {
-            return;
-        }
-        let fd = stream.as_raw_fd();
-        let handshake = Handshake {
-            stream,
-            line: Vec::new(),
-        };
-        if self.watch(fd, EventSet::IN, Target::Handshake(fd)).is_ok() {
-            self.handshakes.insert(fd, handshake);
-        }
-    }
-
-    /// Stops watching the listener until a connection closes ([`Muxer::resume_accepting`]).
-    fn pause_accepting(&mut self) {
-        if self.set_listener_events(EventSet::empty()) {
-            self.accepting = false;
-        }
-    }
-
-    /// Watches the listener again after [`Muxer::pause_accepting`]; connections that waited
-    /// in the backlog are then reported by the epoll.
-    fn resume_accepting(&mut self) {
-        if !self.accepting && self.set_listener_events(EventSet::IN) {
-            self.accepting = true;
-        }
-    }
-
-    fn set_listener_events(&mut self, events: EventSet) -> bool {
-        let fd = self.listener.as_raw_fd();
-        let Some(&token) = self.tokens.get(&fd) else {
-            return false;
-        };
-        self.epoll
-            .ctl(ControlOperation::Modify, fd, EpollEvent::new(events, token))
-            .is_ok()
-    }
-
-    /// Reads the `CONNECT <port>\n` line one byte at a time, so no stream data is consumed.
-    fn read_handshake(&mut self, fd: RawFd) {
-        let Some(hs) = self.handshakes.get_mut(&fd) else {
-            return;
-        };
-        let mut byte = [0u8];
-        let outcome = loop {
-            match hs.stream.read(&mut byte) {
-                Ok(1) if byte[0] == b'\n' => break parse_connect(&hs.line),
-                Ok(1) if hs.line.len() < MAX_HANDSHAKE_LINE => hs.line.push(byte[0]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                _ => break None,
-            }
-        };
-        self.unwatch(fd);
-        let Some(hs) = self.handshakes.remove(&fd) else {
-            return;
-        };
-        match outcome {
-            Some(port) => self.connect_to_guest(hs.stream, port),
-            None => {
-                drop(hs);
-                self.resume_accepting();
-            }
-        }
-    }
-
-    fn allocate_local_port(&mut self, peer_port: u32) -> u32 {
-        loop {
-            let port = self.next_local_port;
-            self.next_local_port = self.next_local_port.wrapping_add(1).max(FIRST_LOCAL_PORT);
-            if !self.conns.contains_key(&(port, peer_port)) {
-                return port;
-            }
-        }
-    }
-
-    /// Asks the guest to accept a host program's connection. Refused (the host sees its
-    /// socket close) while the guest leaves a full control queue unread.
-    fn connect_to_guest(&mut self, stream: UnixStream, peer_port: u32) {
-        if !self.can_take_packet() {
-            drop(stream);
-            self.resume_accepting();
-            return;
-        }
-        let local_port = self.allocate_local_port(peer_port);
-        let key = (local_port, peer_port);
-        let conn = Connection::new(stream, local_port, peer_port, ConnState::Connecting);
-        if self.add_conn(key, conn).is_ok() {
-            self.queue_control(key, Op::Request, 0);
-        } else {
-            self.resume_accepting();
         }
     }
 
@@ -322,24 +237,27 @@ impl Muxer {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        let hung_up = set.intersects(EventSet::READ_HANG_UP | EventSet::HANG_UP);
-        if hung_up && conn.state == ConnState::Connecting {
-            // The host program gave up before the guest answered: drop the half-made
-            // connection (and tell the guest) rather than keep it until the guest replies.
-            self.reset(key);
-            return;
-        }
-        if hung_up || set.contains(EventSet::IN) {
+        if set.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP) {
             conn.host_readable = true;
         }
-        if set.contains(EventSet::OUT) {
-            self.flush(key);
+        if set.contains(EventSet::HANG_UP) {
+            // Closed both ways: the host program can take nothing more.
+            conn.host_closed = true;
+            if conn.state == ConnState::Connecting && !conn.host_data_waiting() {
+                // It gave up before the guest answered and left nothing to deliver: cancel
+                // the request now rather than keep it until the guest replies.
+                self.reset(key);
+                return;
+            }
         }
+        // A half-close (READ_HANG_UP alone) changes nothing yet: what the host sent is
+        // delivered once the guest can take it, and then its end of stream (`rx`).
+        self.flush(key);
     }
 
     /// Writes what is queued for the host and shuts the socket's write side once the guest
-    /// shut its sending side and all it sent is written. Resets the connection when writing
-    /// fails (the host can take nothing more) and when both directions are done.
+    /// shut its sending side and all it sent is written; a write that fails means the host
+    /// program can take nothing more. Then [`Muxer::settle`].
     fn flush(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
@@ -347,10 +265,61 @@ impl Muxer {
         let written = conn
             .flush_to_host()
             .and_then(|()| conn.shut_host_write_when_flushed());
-        if written.is_err() || conn.finished() {
+        if written.is_err() {
+            conn.host_closed = true;
+            // Drops what can no longer be written.
+            let _ = conn.flush_to_host();
+        }
+        self.settle(key);
+    }
+
+    /// Acts on how far both sides have shut connection `key` down (virtio 1.2 §5.10.6.5):
+    /// - both directions done by the guest's doing (it shut SEND and all it sent was written,
+    ///   and it shut RCV or the host's stream ended): RST, the connection is gone;
+    /// - the host program can take nothing more and nothing more goes to the guest (its
+    ///   stream ended, or the guest shut RCV): SHUTDOWN(RCV|SEND), a clean disconnect the
+    ///   guest answers with RST within [`CLOSE_TIMEOUT`];
+    /// - the host's stream ended (a half-close) and the guest was not told yet:
+    ///   SHUTDOWN(SEND), and the guest can still answer;
+    /// - the guest shut both directions but what it sent is not all written yet: that has
+    ///   [`CLOSE_TIMEOUT`].
+    ///
+    /// Only an established connection is settled; a connecting one waits for the guest's
+    /// answer first.
+    fn settle(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if conn.state != ConnState::Established {
+            return;
+        }
+        if conn.finished() {
             self.reset(key);
-        } else if conn.wants_credit_update() {
+            return;
+        }
+        let tell = if conn.host_closed && conn.host_to_guest_done() {
+            SHUTDOWN_RCV | SHUTDOWN_SEND
+        } else if conn.host_eof {
+            SHUTDOWN_SEND
+        } else {
+            0
+        };
+        if tell & !conn.told_guest != 0 {
+            conn.told_guest |= tell;
+            let flags = conn.told_guest;
+            self.queue_control(key, Op::Shutdown, flags);
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if conn.wants_credit_update() {
             conn.credit_update_pending = true;
+        }
+        let awaiting_close = conn.told_guest_all() || conn.guest_shut_all();
+        if awaiting_close && conn.deadline.is_none() {
+            let deadline = Instant::now() + CLOSE_TIMEOUT;
+            conn.deadline = Some(deadline);
+            self.schedule(deadline);
         }
     }
 
@@ -358,8 +327,8 @@ impl Muxer {
     ///
     /// The guest's own packets add at most one each, and [`Muxer::can_take_packet`] stops
     /// taking them at [`CONTROL_QUEUE_LEN`]. Host events add at most a REQUEST (refused while
-    /// the queue is full), a SHUTDOWN and an RST per connection, and a connection slot is only
-    /// reused after the guest's packets, so the queue stays bounded.
+    /// the queue is full), two SHUTDOWNs (SEND, then RCV|SEND) and an RST per connection, and
+    /// a connection slot is only reused after the guest's packets, so the queue stays bounded.
     fn queue_control(&mut self, key: Key, op: Op, flags: u32) {
         if let Some(conn) = self.conns.get_mut(&key) {
             self.control
@@ -384,13 +353,9 @@ impl Muxer {
     }
 }
 
-fn parse_connect(line: &[u8]) -> Option<u32> {
-    let line = std::str::from_utf8(line).ok()?;
-    let port = line.trim_end_matches('\r').strip_prefix("CONNECT ")?;
-    port.trim().parse().ok()
-}
-
+mod expiry;
 mod guest;
+mod handshake;
 mod rx;
 
 #[cfg(test)]

@@ -394,3 +394,46 @@ fn a_restored_device_without_event_buffers_sends_the_reset_when_one_is_posted() 
     notify(&mut rig.dev, 2);
     assert_eq!(rig.event(addr), None);
 }
+
+/// The event queue is only written after a restore, so the hostile guest on a real VM cannot
+/// reach this path: bad event chains (a loop, outside memory, in the MMIO gap, zero length,
+/// too short, device-readable) each come back empty, and the event goes to the first buffer
+/// that can hold it (a huge one, written in its first 4 bytes only).
+#[test]
+fn hostile_event_chains_come_back_empty_and_the_event_takes_the_first_usable_one() {
+    let (rig, path) = rig("transport-reset-hostile");
+    let (mut rig, line) = restore(rig, &path);
+    let a = rig.arena.alloc(8);
+    rig.mem.write_slice(&[0xff; 8], GuestAddress(a)).unwrap();
+    // Descriptor 0 points at itself: the first chain is a loop.
+    let looped = rig.ev.add_chain(&rig.mem, &[Desc::writable(a, 8).then(0)]);
+    assert_eq!(looped, 0);
+    let bad = [
+        Desc::writable(crate::virtio::testing::MEM_SIZE + 0x1000, 8),
+        Desc::writable(0xd000_0000, 8),
+        Desc::writable(a, 0),
+        Desc::writable(a, 2),
+        Desc::readable(a, 8),
+    ];
+    let heads: Vec<u16> = bad
+        .iter()
+        .map(|&desc| rig.ev.add_chain(&rig.mem, &[desc]))
+        .collect();
+    let huge = rig.arena.alloc(8);
+    rig.mem.write_slice(&[0xff; 8], GuestAddress(huge)).unwrap();
+    let huge_head = rig
+        .ev
+        .add_chain(&rig.mem, &[Desc::writable(huge, 0xffff_f000)]);
+    let good = rig.post_event_buffer(8);
+    notify(&mut rig.dev, 2);
+    assert_eq!(rig.ev.next_used(&rig.mem), Some((0, 0)));
+    for head in heads {
+        assert_eq!(rig.ev.next_used(&rig.mem), Some((head.into(), 0)));
+    }
+    assert_eq!(rig.ev.next_used(&rig.mem), Some((huge_head.into(), 4)));
+    let event: [u8; 8] = rig.mem.read_obj(GuestAddress(huge)).unwrap();
+    assert_eq!(event, [0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    assert_eq!(rig.event(good), None, "the event went out once");
+    assert!(!rig.dev.interrupt().needs_reset());
+    assert_eq!(line.count(), 1);
+}

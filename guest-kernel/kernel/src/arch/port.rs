@@ -31,3 +31,53 @@ pub unsafe fn inb(port: u16) -> u8 {
     unsafe { asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack)) };
     value
 }
+
+/// `rep insb`, `rep insw` or `rep insd` from one port into a buffer of bytes, words or dwords:
+/// one string instruction for the whole buffer.
+pub trait RepIns: Sized {
+    /// Reads `buf.len()` elements from `port` into `buf`, in order.
+    ///
+    /// # Safety
+    /// As for [`inb`]: the reads must have no effect on memory the kernel relies on.
+    unsafe fn rep_ins(port: u16, buf: &mut [Self]);
+}
+
+/// `rep outsb`, `rep outsw` or `rep outsd` of a buffer to one port.
+pub trait RepOuts: Sized {
+    /// Writes the elements of `buf` to `port`, in order.
+    ///
+    /// # Safety
+    /// As for [`outb`].
+    unsafe fn rep_outs(port: u16, buf: &[Self]);
+}
+
+macro_rules! rep_string_io {
+    ($ty:ty, $ins:literal, $outs:literal) => {
+        impl RepIns for $ty {
+            unsafe fn rep_ins(port: u16, buf: &mut [Self]) {
+                // SAFETY: writes exactly `buf.len()` elements at `buf` (DF is clear on entry to
+                // inline assembly), which the exclusive borrow covers; the caller vouches for
+                // the port.
+                unsafe {
+                    asm!($ins, in("dx") port, inout("rdi") buf.as_mut_ptr() => _,
+                        inout("rcx") buf.len() => _, options(nostack, preserves_flags))
+                };
+            }
+        }
+
+        impl RepOuts for $ty {
+            unsafe fn rep_outs(port: u16, buf: &[Self]) {
+                // SAFETY: reads exactly `buf.len()` elements at `buf`, which the borrow covers;
+                // the caller vouches for the port.
+                unsafe {
+                    asm!($outs, in("dx") port, inout("rsi") buf.as_ptr() => _,
+                        inout("rcx") buf.len() => _, options(nostack, preserves_flags, readonly))
+                };
+            }
+        }
+    };
+}
+
+rep_string_io!(u8, "rep insb", "rep outsb");
+rep_string_io!(u16, "rep insw", "rep outsw");
+rep_string_io!(u32, "rep insd", "rep outsd");

@@ -2,6 +2,8 @@
 //! time. No offloads are negotiated, so every header is the 12-byte `virtio_net_hdr_v1` with
 //! zeroes on transmit, and every receive buffer holds a whole frame.
 
+mod hostile;
+
 use zygote_guest_proto::agent::MAX_NET_FRAME;
 
 use super::queue::{Buf, Virtqueue, MAX_QUEUE_SIZE};
@@ -37,12 +39,23 @@ pub struct Net {
 impl Net {
     /// Initializes the device (MAC when offered), posts every receive buffer.
     pub fn new(mmio: Mmio, arena: &mut Arena) -> Result<Self, VirtioError> {
-        let features = mmio.begin(0, F_MAC)?;
-        let rx = mmio.queue(arena, RX_QUEUE, RX_BUFFERS as u16)?;
-        let tx = mmio.queue(arena, TX_QUEUE, 4)?;
         let buffers = arena
             .alloc((RX_BUFFERS + 1) * BUF_SIZE, 4096)
             .ok_or(VirtioError::OutOfMemory)?;
+        Self::setup(mmio, arena, buffers, true)
+    }
+
+    /// Resets the device and sets it up with fresh queues over `buffers` (RX_BUFFERS + 1 of
+    /// BUF_SIZE), posting the receive buffers when `post`.
+    fn setup(
+        mmio: Mmio,
+        arena: &mut Arena,
+        buffers: *mut u8,
+        post: bool,
+    ) -> Result<Self, VirtioError> {
+        let features = mmio.begin(0, F_MAC)?;
+        let rx = mmio.queue(arena, RX_QUEUE, RX_BUFFERS as u16)?;
+        let tx = mmio.queue(arena, TX_QUEUE, 4)?;
         let mac = match features & F_MAC {
             0 => [0x02, 0, 0, 0, 0, 1],
             _ => mmio.config(|m| core::array::from_fn(|i| m.config_u8(i as u64))),
@@ -55,7 +68,11 @@ impl Net {
             buffers,
             rx_slot: [0; MAX_QUEUE_SIZE as usize],
         };
-        let posted = RX_BUFFERS.min(usize::from(net.rx.free()));
+        let posted = if post {
+            RX_BUFFERS.min(usize::from(net.rx.free()))
+        } else {
+            0
+        };
         for slot in 0..posted {
             net.post(slot);
         }

@@ -8,6 +8,8 @@
 
 mod hostile;
 
+pub use hostile::outcome;
+
 use core::sync::atomic::{fence, Ordering};
 
 use crate::arena::Arena;

@@ -93,7 +93,8 @@ impl Muxer {
         }
     }
 
-    /// The guest accepted a host-initiated connection: tell the host program.
+    /// The guest accepted a host-initiated connection: tell the host program (unless it
+    /// already closed its socket; what it sent before still goes to the guest).
     fn guest_accepted(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
@@ -103,6 +104,7 @@ impl Muxer {
             return;
         }
         conn.state = ConnState::Established;
+        conn.deadline = None;
         conn.host_readable = true;
         conn.push_reply(format!("OK {}\n", key.0).as_bytes());
         self.flush(key);
@@ -112,26 +114,41 @@ impl Muxer {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        // Data after the guest's own SHUTDOWN(SEND) breaks the protocol, like a credit overrun.
+        // Data after the guest's own SHUTDOWN(SEND), or after it was told the host receives
+        // no more, breaks the protocol, like a credit overrun.
         if conn.state != ConnState::Established
             || conn.guest_send_shut()
-            || conn.push_to_host(payload).is_err()
+            || conn.told_guest & SHUTDOWN_RCV != 0
         {
+            self.reset(key);
+            return;
+        }
+        if conn.host_closed {
+            // Sent before the guest could know the host program is gone: nobody reads it.
+            return;
+        }
+        if conn.push_to_host(payload).is_err() {
             self.reset(key);
             return;
         }
         self.flush(key);
     }
 
-    /// The guest shuts one or both directions down (flags accumulate). After SEND, what it sent
-    /// is written and then the host socket's write side is shut, while data from the host
-    /// still flows to the guest; the connection is reset once both directions are done
-    /// (see [`Muxer::flush`]).
+    /// The guest shuts one or both directions down (flags accumulate; virtio 1.2 §5.10.6.5).
+    /// After SEND, what it sent is written and then the host socket's write side is shut,
+    /// while data from the host still flows to the guest; after RCV, nothing more goes to the
+    /// guest and the host socket's read side is shut. See [`Muxer::settle`] for the end. A
+    /// SHUTDOWN before the guest accepted the connection is out of place: RST.
     fn guest_shutdown(&mut self, key: Key, flags: u32) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
+        if conn.state != ConnState::Established {
+            self.reset(key);
+            return;
+        }
         conn.peer_shutdown |= flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
+        conn.shut_host_read_if_guest_rcv_shut();
         self.flush(key);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::ops::Bound;
 
-use super::super::packet::{Header, Op, SHUTDOWN_RCV, SHUTDOWN_SEND};
+use super::super::packet::{Header, Op};
 use super::{Key, Muxer};
 
 /// One packet for the guest: its header; the payload is in the caller's buffer.
@@ -64,18 +64,15 @@ impl Muxer {
         let conn = self.conns.get_mut(&key)?;
         match conn.read_from_host(buf) {
             Ok(Some(0)) => {
-                // The host program will send no more. The guest may still send (SHUTDOWN with
-                // SEND only), unless the host closed its socket altogether (both flags), or
-                // the guest already shut its side too: then the connection is done.
+                // The host program will send no more: the guest is told (SHUTDOWN with SEND,
+                // and RCV too if the host can take nothing either), or the connection ends
+                // if the guest is done too; see `Muxer::settle`.
                 conn.host_readable = false;
                 conn.host_eof = true;
-                if conn.finished() {
-                    self.reset(key);
-                } else if conn.host_hung_up() {
-                    self.queue_control(key, Op::Shutdown, SHUTDOWN_RCV | SHUTDOWN_SEND);
-                } else {
-                    self.queue_control(key, Op::Shutdown, SHUTDOWN_SEND);
+                if conn.host_hung_up() {
+                    conn.host_closed = true;
                 }
+                self.flush(key);
                 self.control
                     .pop_back()
                     .map(|header| RxPacket { header, len: 0 })

@@ -21,9 +21,21 @@ fn next(muxer: &mut Muxer, buf: &mut [u8]) -> RxPacket {
 /// A host program connects to the device at `path` and asks for guest `port`; returns its
 /// stream and the REQUEST the muxer sends the guest.
 fn host_request(muxer: &mut Muxer, path: &Path, port: u32) -> (UnixStream, Header) {
+    host_request_then(muxer, path, port, |_| {})
+}
+
+/// [`host_request`], with `then` run on the host's stream right after its `CONNECT` line,
+/// before the muxer reads anything.
+fn host_request_then(
+    muxer: &mut Muxer,
+    path: &Path,
+    port: u32,
+    then: impl FnOnce(&mut UnixStream),
+) -> (UnixStream, Header) {
     let mut host = UnixStream::connect(path).unwrap();
     host.write_all(format!("CONNECT {port}\n").as_bytes())
         .unwrap();
+    then(&mut host);
     let mut buf = [0u8; 64];
     let request = next(muxer, &mut buf).header;
     assert_eq!((request.op(), request.dst_port), (Some(Op::Request), port));
@@ -427,3 +439,6 @@ fn a_host_that_gives_up_before_the_guest_answers_leaves_nothing_behind() {
     assert_eq!(next(&mut muxer, &mut buf).header.op(), Some(Op::Rst));
     assert_eq!(muxer.connection_count(), 0);
 }
+
+mod close_orders;
+mod deadlines;

@@ -28,7 +28,7 @@ use crate::arena::Arena;
 use crate::clock::Clock;
 use conn::{Conn, EPHEMERAL_PORTS};
 use control::Pending;
-pub use hostile::STRAY_PORTS;
+pub use hostile::{STRAY_PEER_PORT, STRAY_PORTS};
 
 /// Most connections at once.
 pub const MAX_CONNS: usize = 128;
@@ -44,6 +44,9 @@ const SLOT: usize = HEADER_ROOM + DATA;
 const RX_SLOTS: usize = 64;
 const TX_SLOTS: usize = 32;
 const EVENT_SLOTS: usize = 4;
+/// The event queue has room for more than the posted event buffers (the `hostile` workload
+/// posts bad ones there).
+const EVENT_QUEUE_SIZE: u16 = 8;
 const EVENT_SIZE: usize = 8;
 const PENDING: usize = 256;
 
@@ -121,10 +124,7 @@ pub struct Vsock {
 impl Vsock {
     /// Initializes the device, posts receive and event buffers, reads the guest CID.
     pub fn new(mmio: Mmio, arena: &mut Arena, clock: Clock) -> Result<Self, VirtioError> {
-        mmio.begin(0, 0)?;
-        let rx = mmio.queue(arena, RX_QUEUE, 128)?;
-        let tx = mmio.queue(arena, TX_QUEUE, 128)?;
-        let events = mmio.queue(arena, EVENT_QUEUE, EVENT_SLOTS as u16)?;
+        let (rx, tx, events) = Self::begin(mmio, arena)?;
         let oom = VirtioError::OutOfMemory;
         let rx_slots = arena.alloc_uninit(RX_SLOTS * SLOT, 4096).ok_or(oom)?;
         let tx_slots = arena.alloc_uninit(TX_SLOTS * SLOT, 4096).ok_or(oom)?;
@@ -157,16 +157,34 @@ impl Vsock {
             stray_rsts: 0,
             consumed: 0,
         };
-        for slot in 0..RX_SLOTS {
-            vsock.post_rx(slot);
-        }
-        for slot in 0..EVENT_SLOTS {
-            vsock.post_event(slot);
-        }
-        mmio.finish();
-        vsock.rx.notify();
-        vsock.events.notify();
+        vsock.go_live(true, true);
         Ok(vsock)
+    }
+
+    /// Resets the device, negotiates features and sets up fresh rx, tx and event queues.
+    fn begin(
+        mmio: Mmio,
+        arena: &mut Arena,
+    ) -> Result<(Virtqueue, Virtqueue, Virtqueue), VirtioError> {
+        mmio.begin(0, 0)?;
+        let rx = mmio.queue(arena, RX_QUEUE, 128)?;
+        let tx = mmio.queue(arena, TX_QUEUE, 128)?;
+        let events = mmio.queue(arena, EVENT_QUEUE, EVENT_QUEUE_SIZE)?;
+        Ok((rx, tx, events))
+    }
+
+    /// Posts the receive buffers (when `rx`) and the event buffers (when `events`), sets
+    /// DRIVER_OK and tells the device.
+    fn go_live(&mut self, rx: bool, events: bool) {
+        for slot in 0..if rx { RX_SLOTS } else { 0 } {
+            self.post_rx(slot);
+        }
+        for slot in 0..if events { EVENT_SLOTS } else { 0 } {
+            self.post_event(slot);
+        }
+        self.mmio.finish();
+        self.rx.notify();
+        self.events.notify();
     }
 
     /// The guest's CID (from the device config).

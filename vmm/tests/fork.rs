@@ -1,0 +1,117 @@
+//! Live fork with Zygote's guest: parent and children each change the agent counter and
+//! memory, and each sees only its own, including writes the parent makes after the fork to
+//! pages a child has not touched.
+
+mod common;
+
+use common::{agent_vm, AgentOpts, GUEST_TIMEOUT};
+use zygote::agent::{AgentClient, AGENT_PORT};
+use zygote::{ForkConfig, NetConfig, RunningVm};
+
+const MIB: u64 = 1 << 20;
+
+fn agent_of(vm: &RunningVm) -> AgentClient {
+    let uds = &vm
+        .devices()
+        .vsock_config()
+        .expect("a vsock device")
+        .uds_path;
+    AgentClient::connect(uds, AGENT_PORT, GUEST_TIMEOUT).expect("connect to the agent")
+}
+
+fn fork(parent: &mut RunningVm) -> RunningVm {
+    let (net, _endpoint) = NetConfig::packet().unwrap();
+    parent
+        .fork(ForkConfig {
+            nets: vec![net],
+            ..Default::default()
+        })
+        .expect("fork")
+        .child
+}
+
+fn mac_of(vm: &RunningVm) -> [u8; 6] {
+    vm.pause().unwrap();
+    let mac = vm.capture().unwrap().devices.nets[0].device.mac;
+    vm.resume().unwrap();
+    mac
+}
+
+#[test]
+fn parent_and_child_each_see_only_their_own_writes() {
+    let mut parent = agent_vm(
+        "fork-iso",
+        AgentOpts {
+            packet_nic: true,
+            ..Default::default()
+        },
+    )
+    .vm;
+    let mut agent = agent_of(&parent);
+    agent.counter_add(10).unwrap();
+    let (addr, sum_a) = agent.touch(4, 0xaaaa).unwrap();
+    drop(agent);
+
+    let mut child = fork(&mut parent);
+    let mut child_agent = agent_of(&child);
+    let mut agent = agent_of(&parent);
+    assert_eq!(child_agent.counter_get().unwrap(), 10);
+    assert_eq!(child_agent.checksum(addr, 4 * MIB).unwrap(), sum_a);
+
+    // The parent writes after the fork, to pages the child has not touched since.
+    assert_eq!(agent.counter_add(5).unwrap(), 15);
+    let (_, sum_b) = agent.touch(4, 0xbbbb).unwrap();
+    assert_ne!(sum_a, sum_b);
+    assert_eq!(child_agent.checksum(addr, 4 * MIB).unwrap(), sum_a);
+    assert_eq!(child_agent.counter_get().unwrap(), 10);
+
+    // The child's writes never reach the parent.
+    assert_eq!(child_agent.counter_add(100).unwrap(), 110);
+    let (_, sum_c) = child_agent.touch(4, 0xcccc).unwrap();
+    assert_eq!(agent.counter_get().unwrap(), 15);
+    assert_eq!(agent.checksum(addr, 4 * MIB).unwrap(), sum_b);
+
+    // A second child of the same parent starts from the parent as it is now.
+    let mut sibling = fork(&mut parent);
+    let mut sibling_agent = agent_of(&sibling);
+    assert_eq!(sibling_agent.counter_get().unwrap(), 15);
+    assert_eq!(sibling_agent.checksum(addr, 4 * MIB).unwrap(), sum_b);
+    assert_eq!(child_agent.checksum(addr, 4 * MIB).unwrap(), sum_c);
+
+    let macs = [mac_of(&parent), mac_of(&child), mac_of(&sibling)];
+    assert_ne!(macs[0], macs[1]);
+    assert_ne!(macs[1], macs[2]);
+    assert_ne!(macs[0], macs[2]);
+    for vm in [&mut child, &mut sibling, &mut parent] {
+        assert!(vm.exit_reason().is_none());
+        vm.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn five_generations_each_keep_their_own_counter() {
+    let mut vm = agent_vm(
+        "fork-gen",
+        AgentOpts {
+            packet_nic: true,
+            ..Default::default()
+        },
+    )
+    .vm;
+    let mut line = Vec::new();
+    for generation in 1..=5u64 {
+        agent_of(&vm).counter_add(generation).unwrap();
+        let child = fork(&mut vm);
+        line.push(vm);
+        vm = child;
+    }
+    // Each ancestor kept the counter it had when it forked: 1, 1+2, 1+2+3, ...
+    let mut expected = 0;
+    for (i, ancestor) in line.iter().enumerate() {
+        expected += i as u64 + 1;
+        assert_eq!(agent_of(ancestor).counter_get().unwrap(), expected);
+    }
+    assert_eq!(agent_of(&vm).counter_get().unwrap(), 15);
+    assert_eq!(agent_of(&vm).counter_add(1).unwrap(), 16);
+    assert_eq!(agent_of(&line[4]).counter_get().unwrap(), 15);
+}

@@ -1,0 +1,246 @@
+//! Snapshots on disk with Zygote's guest (agent workload, all three devices): counter, memory
+//! checksum and disk contents come back identical through every engine and format.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{agent_vm, disk_image, temp_path, AgentOpts, GUEST_TIMEOUT};
+use zygote::agent::{AgentClient, AGENT_PORT};
+use zygote::snapshot_format::{EagerEngine, MemoryEngine, MmapEngine, PrefetchEngine, UffdEngine};
+use zygote::state::DeviceResources;
+use zygote::{
+    BlockConfig, ExitReason, MemoryFormat, NetConfig, RestoreConfig, RunningVm, Snapshot, Vm,
+    VsockConfig,
+};
+
+const MIB: u64 = 1 << 20;
+
+/// What the guest held when it was snapshotted.
+struct Expected {
+    counter: u64,
+    addr: u64,
+    sum: u64,
+    disk: Vec<u8>,
+}
+
+/// Boots the agent with a disk, a NIC and vsock, changes counter, memory and disk, pauses.
+fn prepared(name: &str, image: &Path) -> (RunningVm, Expected) {
+    let parent = agent_vm(
+        name,
+        AgentOpts {
+            block: Some(BlockConfig::new(image)),
+            packet_nic: true,
+            ..Default::default()
+        },
+    );
+    let mut agent = AgentClient::connect(&parent.uds, AGENT_PORT, GUEST_TIMEOUT).unwrap();
+    agent.counter_add(77).unwrap();
+    let (addr, sum) = agent.touch(8, 0x77).unwrap();
+    let disk = vec![0x5a; 1024];
+    agent.disk_write(10, &disk).unwrap();
+    agent.disk_flush().unwrap();
+    drop(agent);
+    parent.vm.pause().unwrap();
+    (
+        parent.vm,
+        Expected {
+            counter: 77,
+            addr,
+            sum,
+            disk,
+        },
+    )
+}
+
+fn resources(image: &Path, uds: &Path) -> DeviceResources {
+    let (net, _endpoint) = NetConfig::packet().unwrap();
+    DeviceResources {
+        blocks: vec![BlockConfig::new(image)],
+        nets: vec![net],
+        vsock: Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: uds.to_path_buf(),
+        }),
+    }
+}
+
+/// Restores `snapshot` through `engine` and checks the guest is as it was.
+fn check_restore(
+    snapshot: &Snapshot,
+    engine: &mut dyn MemoryEngine,
+    image: &Path,
+    want: &Expected,
+    tag: &str,
+) -> RunningVm {
+    let uds = temp_path(&format!("restored-{tag}.vsock"));
+    let config = RestoreConfig {
+        devices: resources(image, &uds),
+        ..Default::default()
+    };
+    let vm = Vm::restore_snapshot(snapshot, engine, config)
+        .unwrap_or_else(|e| panic!("{tag}: {e}"))
+        .start()
+        .unwrap();
+    let mut agent = AgentClient::connect(&uds, AGENT_PORT, GUEST_TIMEOUT).unwrap();
+    assert_eq!(agent.counter_get().unwrap(), want.counter, "{tag}: counter");
+    assert_eq!(
+        agent.checksum(want.addr, 8 * MIB).unwrap(),
+        want.sum,
+        "{tag}: memory"
+    );
+    assert_eq!(agent.disk_read(10, 2).unwrap(), want.disk, "{tag}: disk");
+    vm
+}
+
+fn snapshot_dir(name: &str) -> PathBuf {
+    let dir = temp_path(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn every_engine_restores_raw_and_compressed_snapshots() {
+    let image = disk_image("snap-engines.img", 1 << 20);
+    let (vm, want) = prepared("snap-engines", &image);
+    let raw_dir = snapshot_dir("snap-raw");
+    let zst_dir = snapshot_dir("snap-zst");
+    vm.snapshot(&raw_dir, MemoryFormat::Raw).unwrap();
+    vm.snapshot(&zst_dir, MemoryFormat::Compressed { level: 1 })
+        .unwrap();
+    drop(vm);
+    let raw = Snapshot::load(&raw_dir).unwrap();
+    let zst = Snapshot::load(&zst_dir).unwrap();
+    let working_set = temp_path("snap-working-set");
+    let _ = std::fs::remove_file(&working_set);
+    for (tag, snapshot) in [("raw", &raw), ("zst", &zst)] {
+        let mut engines: Vec<(&str, Box<dyn MemoryEngine>)> = vec![
+            ("eager", Box::new(EagerEngine::new())),
+            ("uffd", Box::new(UffdEngine::new())),
+            (
+                "prefetch",
+                Box::new(PrefetchEngine::new(working_set.clone())),
+            ),
+        ];
+        if tag == "raw" {
+            engines.push(("mmap", Box::new(MmapEngine::new())));
+        }
+        for (name, mut engine) in engines {
+            let mut vm = check_restore(
+                snapshot,
+                engine.as_mut(),
+                &image,
+                &want,
+                &format!("{tag}-{name}"),
+            );
+            vm.shutdown().unwrap();
+        }
+    }
+}
+
+#[test]
+fn mmap_refuses_a_compressed_snapshot_with_a_typed_error() {
+    let image = disk_image("snap-mmap-zst.img", 1 << 20);
+    let (vm, _) = prepared("snap-mmap-zst", &image);
+    let dir = snapshot_dir("snap-mmap-zst-dir");
+    vm.snapshot(&dir, MemoryFormat::Compressed { level: 1 })
+        .unwrap();
+    let snapshot = Snapshot::load(&dir).unwrap();
+    let uds = temp_path("snap-mmap-zst-restored.vsock");
+    let config = RestoreConfig {
+        devices: resources(&image, &uds),
+        ..Default::default()
+    };
+    let err = Vm::restore_snapshot(&snapshot, &mut MmapEngine::new(), config)
+        .err()
+        .unwrap();
+    assert!(matches!(err, zygote::LoadError::Engine(_)), "{err}");
+}
+
+#[test]
+fn one_snapshot_restored_eight_times_at_once() {
+    let image = disk_image("snap-eight.img", 1 << 20);
+    let (vm, want) = prepared("snap-eight", &image);
+    let dir = snapshot_dir("snap-eight-dir");
+    vm.snapshot(&dir, MemoryFormat::Raw).unwrap();
+    drop(vm);
+    let snapshot = Snapshot::load(&dir).unwrap();
+    let vms: Vec<RunningVm> = (0..8)
+        .map(|i| {
+            let uds = temp_path(&format!("snap-eight-{i}.vsock"));
+            let config = RestoreConfig {
+                devices: resources(&image, &uds),
+                ..Default::default()
+            };
+            Vm::restore_snapshot(&snapshot, &mut MmapEngine::new(), config)
+                .unwrap()
+                .start()
+                .unwrap()
+        })
+        .collect();
+    for (i, vm) in vms.iter().enumerate() {
+        let uds = temp_path(&format!("snap-eight-{i}.vsock"));
+        let mut agent = AgentClient::connect(&uds, AGENT_PORT, GUEST_TIMEOUT).unwrap();
+        assert_eq!(agent.counter_get().unwrap(), want.counter);
+        assert_eq!(agent.checksum(want.addr, 8 * MIB).unwrap(), want.sum);
+        // Each restore is its own VM: its writes stay its own.
+        agent.counter_add(i as u64).unwrap();
+        assert!(vm.exit_reason().is_none());
+    }
+}
+
+#[test]
+fn hibernate_then_resume_lazily() {
+    let image = disk_image("snap-hibernate.img", 1 << 20);
+    let (vm, want) = prepared("snap-hibernate", &image);
+    let dir = snapshot_dir("snap-hibernate-dir");
+    vm.hibernate(&dir, MemoryFormat::Raw).unwrap();
+    let snapshot = Snapshot::load(&dir).unwrap();
+    let mut vm = check_restore(
+        &snapshot,
+        &mut UffdEngine::new(),
+        &image,
+        &want,
+        "hibernated",
+    );
+    vm.shutdown().unwrap();
+}
+
+#[test]
+fn a_memory_file_truncated_under_a_running_restore_stops_that_vm_only() {
+    let image = disk_image("snap-trunc.img", 1 << 20);
+    let (vm, want) = prepared("snap-trunc", &image);
+    let dir = snapshot_dir("snap-trunc-dir");
+    vm.snapshot(&dir, MemoryFormat::Raw).unwrap();
+    vm.resume().unwrap();
+    let snapshot = Snapshot::load(&dir).unwrap();
+    let uds = temp_path("snap-trunc-restored.vsock");
+    let config = RestoreConfig {
+        devices: resources(&image, &uds),
+        ..Default::default()
+    };
+    let mut restored = Vm::restore_snapshot(&snapshot, &mut UffdEngine::new(), config)
+        .unwrap()
+        .start()
+        .unwrap();
+    // Pull the pages away before the guest touched most of them.
+    let memory = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(zygote::snapshot::MEMORY_FILE))
+        .unwrap();
+    memory.set_len(4096).unwrap();
+    // Touching the guest's memory now faults on pages the source no longer has. The agent
+    // client gives up as soon as the VM stops.
+    if let Ok(mut agent) = restored.agent() {
+        let _ = agent.checksum(want.addr, 8 * MIB);
+    }
+    let exit = restored
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the restored VM stops when its pages are gone");
+    assert!(matches!(exit, ExitReason::HostError(_)), "{exit:?}");
+    restored.wait().unwrap();
+    // The original VM, in the same process, keeps running.
+    let mut agent = vm.agent().unwrap();
+    assert_eq!(agent.counter_get().unwrap(), want.counter);
+}
