@@ -4,7 +4,9 @@
 //! reserved in the e820 map ([`super::boot_params`]) so a Linux guest never uses it.
 //!
 //! Written only while no vCPU runs: by `Vm::create` (generation 0, a fresh id) and by the fork
-//! path into a paused child's memory (its parent's generation + 1, a fresh id).
+//! path into a child's memory before it starts (its parent's generation + 1, a fresh id;
+//! `vm/fork.rs`). A page without the magic (a VM restored from state saved before the page
+//! existed) counts as generation 0.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 pub use zygote_guest_proto::{VmIdentity, VM_IDENTITY_ADDR, VM_ID_LEN};
@@ -28,7 +30,6 @@ pub(crate) fn write(mem: &GuestMemoryMmap, identity: &VmIdentity) -> Result<(), 
 }
 
 /// What the page in `mem` says; `None` if it was never written (no magic) or is not RAM.
-#[allow(dead_code)] // For the fork path, which reads the parent's page.
 pub(crate) fn read(mem: &GuestMemoryMmap) -> Option<VmIdentity> {
     let mut page = [0u8; zygote_guest_proto::VM_IDENTITY_LEN];
     mem.read_slice(&mut page, GuestAddress(VM_IDENTITY_ADDR))
@@ -67,7 +68,6 @@ pub(crate) fn first() -> Result<VmIdentity, IdentityError> {
 
 /// The identity of a clone of a VM whose identity is `parent`: the next generation (wrapping)
 /// and a fresh id.
-#[allow(dead_code)] // For the fork path, which writes it into the paused child's memory.
 pub(crate) fn next(parent: &VmIdentity) -> Result<VmIdentity, IdentityError> {
     Ok(VmIdentity {
         generation: parent.generation.wrapping_add(1),

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use zygote_cow::{dirty_runs, CowMapping, Layer, PageRun, View, PAGE_SIZE};
 
 use super::{RestoreConfig, RunningVm, SerialSource, Vm};
+use crate::arch::identity;
 use crate::console::SerialOutput;
 use crate::devices::{NetConfig, VsockConfig};
 use crate::error::Error;
@@ -159,6 +160,12 @@ impl RunningVm {
     ) -> Result<RunningVm, ForkError> {
         let child_error = |e: Error| ForkError::Child(Box::new(e));
         let ram = GuestRam::from_cow(CowMapping::map(view)?).map_err(|e| child_error(e.into()))?;
+        // The child learns it is a clone: the next generation and its own id, written before
+        // it runs (one page of its own).
+        let parent = identity::read(ram.memory()).unwrap_or_default();
+        identity::next(&parent)
+            .and_then(|child| identity::write(ram.memory(), &child))
+            .map_err(|e| child_error(e.into()))?;
         let devices = self.child_devices(state, config.nets, config.vsock, sequence)?;
         let restore = RestoreConfig {
             context: Some(self.core.context.clone()),
