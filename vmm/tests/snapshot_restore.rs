@@ -244,3 +244,52 @@ fn a_memory_file_truncated_under_a_running_restore_stops_that_vm_only() {
     let mut agent = vm.agent().unwrap();
     assert_eq!(agent.counter_get().unwrap(), want.counter);
 }
+
+/// The same test body is the parent (snapshots, then runs this test binary again) and, with
+/// `ZYGOTE_RESTORE_DIR` set, the other process (restores and checks what the parent wrote).
+#[test]
+fn a_snapshot_taken_in_one_process_restores_in_another() {
+    if let Ok(dir) = std::env::var("ZYGOTE_RESTORE_DIR") {
+        let image = PathBuf::from(std::env::var("ZYGOTE_RESTORE_IMAGE").unwrap());
+        let number = |name: &str| std::env::var(name).unwrap().parse::<u64>().unwrap();
+        let want = Expected {
+            counter: number("ZYGOTE_RESTORE_COUNTER"),
+            addr: number("ZYGOTE_RESTORE_ADDR"),
+            sum: number("ZYGOTE_RESTORE_SUM"),
+            disk: vec![0x5a; 1024],
+        };
+        let snapshot = Snapshot::load(Path::new(&dir)).unwrap();
+        let mut vm = check_restore(
+            &snapshot,
+            &mut UffdEngine::new(),
+            &image,
+            &want,
+            "other-process",
+        );
+        vm.shutdown().unwrap();
+        return;
+    }
+    let image = disk_image("snap-xproc.img", 1 << 20);
+    let (vm, want) = prepared("snap-xproc", &image);
+    let dir = snapshot_dir("snap-xproc-dir");
+    vm.snapshot(&dir, MemoryFormat::Compressed { level: 3 })
+        .unwrap();
+    drop(vm);
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_snapshot_taken_in_one_process_restores_in_another",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env("ZYGOTE_RESTORE_DIR", &dir)
+        .env("ZYGOTE_RESTORE_IMAGE", &image)
+        .env("ZYGOTE_RESTORE_COUNTER", want.counter.to_string())
+        .env("ZYGOTE_RESTORE_ADDR", want.addr.to_string())
+        .env("ZYGOTE_RESTORE_SUM", want.sum.to_string())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the restore in the other process failed: {status}"
+    );
+}

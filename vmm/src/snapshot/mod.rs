@@ -273,6 +273,11 @@ impl Snapshot {
         &self.state
     }
 
+    /// The captured state, to edit before restoring (tools, tests). Restoring checks it again.
+    pub fn state_mut(&mut self) -> &mut MachineState {
+        &mut self.state
+    }
+
     /// The snapshot's id.
     pub fn id(&self) -> SnapshotId {
         self.meta.id
@@ -361,7 +366,7 @@ impl Vm {
             GuestRam::from_raw(addr, layout.size(), memfd, Box::new(Mutex::new(restored)))
         }
         .map_err(|e| LoadError::Restore(Box::new(e.into())))?;
-        let vm = Vm::restore(&snapshot.state, ram, config)
+        let vm = Vm::restore_checked(&snapshot.state, ram, config, true)
             .map_err(|e| LoadError::Restore(Box::new(e)))?;
         relay.attach(vm.control());
         Ok(vm)

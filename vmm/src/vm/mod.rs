@@ -139,6 +139,18 @@ impl Vm {
         ram: GuestRam,
         config: RestoreConfig,
     ) -> Result<Self, Error> {
+        Self::restore_checked(state, ram, config, false)
+    }
+
+    /// [`Vm::restore`]; with `check_cpuid`, a state from elsewhere (a file) is first compared
+    /// with what this host gives a vCPU, and refused with [`RestoreError::CpuidMismatch`] if
+    /// it needs a feature the host lacks.
+    pub(crate) fn restore_checked(
+        state: &MachineState,
+        ram: GuestRam,
+        config: RestoreConfig,
+        check_cpuid: bool,
+    ) -> Result<Self, Error> {
         if ram.size() != state.memory_bytes {
             return Err(RestoreError::Invalid("the memory size differs from the saved one").into());
         }
@@ -177,6 +189,10 @@ impl Vm {
                 return Err(RestoreError::Invalid("vCPUs are not saved in index order").into());
             }
             let vcpu = Vcpu::create(machine.kvm.vm_fd(), saved.index)?;
+            if check_cpuid {
+                let count = state.vcpus.len() as u8;
+                machine::check_cpuid(&machine.context, &vcpu.fd, saved, count)?;
+            }
             saved.restore(&vcpu.fd).map_err(RestoreError::from)?;
             vcpus.push(vcpu);
         }
