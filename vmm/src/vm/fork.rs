@@ -110,6 +110,8 @@ impl RunningVm {
 
     /// Freezes the paused parent's memory into a view and moves the parent onto it.
     fn freeze_memory(&mut self) -> Result<Arc<View>, ForkError> {
+        // Re-mapping replaces the tracked mappings: the next snapshot must be a full one.
+        *self.dirty_tracking() = None;
         let ram = self.core.kvm.ram_mut();
         if let Some(mapping) = ram.cow_mut() {
             return freeze_layer(mapping);

@@ -86,6 +86,7 @@ impl Machine {
                 serial_input: None,
                 gate: quiesce::Gate::new(),
                 lifecycle: Mutex::new(()),
+                dirty: Mutex::new(None),
                 forks: std::sync::atomic::AtomicU64::new(0),
                 context: self.context,
                 kvm: self.kvm,

@@ -58,6 +58,8 @@ struct VmCore {
     gate: quiesce::Gate,
     /// Serializes pause, resume and capture between callers.
     lifecycle: Mutex<()>,
+    /// Tracks the pages written since the last snapshot, for diff snapshots.
+    dirty: Mutex<Option<(zygote_cow::WriteTracker, zygote_snapshot::SnapshotId)>>,
     /// How many children this VM has forked (names and CIDs derived for them).
     forks: std::sync::atomic::AtomicU64,
     context: Arc<KvmContext>,

@@ -166,6 +166,14 @@ impl RunningVm {
         &self.core.context
     }
 
+    /// The write tracker behind diff snapshots, and the snapshot it counts from.
+    pub(crate) fn dirty_tracking(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<(zygote_cow::WriteTracker, zygote_snapshot::SnapshotId)>>
+    {
+        self.core.dirty.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lifecycle(&self) -> std::sync::MutexGuard<'_, ()> {
         self.core
             .lifecycle
