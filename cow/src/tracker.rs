@@ -87,7 +87,7 @@ impl WriteTracker {
     /// [`CowError::Track`] if the kernel lacks asynchronous write-protection or the range is
     /// already registered with another userfaultfd (a lazily restored VM's memory).
     pub fn start(addr: u64, len: u64) -> Result<Self, CowError> {
-        if addr % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
             return Err(CowError::Range("a tracked range must be page aligned"));
         }
         // SAFETY: userfaultfd(2) with valid flags; the result is checked.
