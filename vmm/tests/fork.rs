@@ -115,3 +115,31 @@ fn five_generations_each_keep_their_own_counter() {
     assert_eq!(agent_of(&vm).counter_add(1).unwrap(), 16);
     assert_eq!(agent_of(&line[4]).counter_get().unwrap(), 15);
 }
+
+#[test]
+fn a_child_owns_only_what_it_writes() {
+    let mut parent = agent_vm(
+        "fork-usage",
+        AgentOpts {
+            packet_nic: true,
+            ..Default::default()
+        },
+    )
+    .vm;
+    agent_of(&parent).touch(16, 1).unwrap();
+    let before = parent.memory_usage().unwrap();
+    assert!(before.private_bytes >= 16 * MIB, "{before:?}");
+    assert_eq!(before.shared_bytes, 0);
+    let child = fork(&mut parent);
+    let mut agent = agent_of(&child);
+    agent.ping().unwrap();
+    let idle = child.memory_usage().unwrap();
+    assert!(idle.private_bytes < 2 * MIB, "an idle child owns little: {idle:?}");
+    agent.touch(8, 2).unwrap();
+    let busy = child.memory_usage().unwrap();
+    assert!(
+        busy.private_bytes >= idle.private_bytes + 8 * MIB,
+        "{busy:?} after writing 8 MiB, {idle:?} before"
+    );
+    assert!(busy.shared_bytes > 0, "it still shares what it only read");
+}
