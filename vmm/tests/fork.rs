@@ -134,7 +134,10 @@ fn a_child_owns_only_what_it_writes() {
     let mut agent = agent_of(&child);
     agent.ping().unwrap();
     let idle = child.memory_usage().unwrap();
-    assert!(idle.private_bytes < 2 * MIB, "an idle child owns little: {idle:?}");
+    assert!(
+        idle.private_bytes < 2 * MIB,
+        "an idle child owns little: {idle:?}"
+    );
     agent.touch(8, 2).unwrap();
     let busy = child.memory_usage().unwrap();
     assert!(
@@ -142,4 +145,41 @@ fn a_child_owns_only_what_it_writes() {
         "{busy:?} after writing 8 MiB, {idle:?} before"
     );
     assert!(busy.shared_bytes > 0, "it still shares what it only read");
+}
+
+#[test]
+fn children_forked_into_a_warm_pool_work_like_any_other() {
+    let parent_vm = agent_vm(
+        "fork-pool",
+        AgentOpts {
+            packet_nic: true,
+            ..Default::default()
+        },
+    );
+    let mut parent = parent_vm.vm;
+    agent_of(&parent).counter_add(3).unwrap();
+    let pool = std::sync::Arc::new(
+        zygote::VmPool::new(parent.context().clone(), 128 << 20, 1, 2).unwrap(),
+    );
+    assert!(pool.wait_full(std::time::Duration::from_secs(30)));
+    let mut children = Vec::new();
+    for i in 0..3u64 {
+        let (net, _endpoint) = NetConfig::packet().unwrap();
+        let child = parent
+            .fork(ForkConfig {
+                nets: vec![net],
+                pool: Some(pool.clone()),
+                ..Default::default()
+            })
+            .unwrap()
+            .child;
+        assert_eq!(agent_of(&child).counter_add(i).unwrap(), 3 + i);
+        children.push(child);
+    }
+    // The pool refills on its own.
+    assert!(pool.wait_full(std::time::Duration::from_secs(30)));
+    for (i, child) in children.iter().enumerate() {
+        assert_eq!(agent_of(child).counter_get().unwrap(), 3 + i as u64);
+    }
+    assert_eq!(agent_of(&parent).counter_get().unwrap(), 3);
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use zygote_cow::{dirty_runs, CowMapping, Layer, PageRun, View, PAGE_SIZE};
 
-use super::{RestoreConfig, RunningVm, SerialSource, Vm};
+use super::{RestoreConfig, RunningVm, SerialSource, Vm, VmPool};
 use crate::console::SerialOutput;
 use crate::devices::{NetConfig, VsockConfig};
 use crate::error::Error;
@@ -39,6 +39,9 @@ pub struct ForkConfig {
     /// parent's fork count, and `<parent uds_path>.fork<N>`. Connections never carry over:
     /// the child's guest sees a transport reset.
     pub vsock: Option<VsockConfig>,
+    /// A warm pool to take the child's KVM VM from; without one (or when it is empty) the
+    /// child's VM is created on the fork path.
+    pub pool: Option<Arc<VmPool>>,
 }
 
 /// A fork's result: the running child, and how long the parent was paused for it.
@@ -160,7 +163,22 @@ impl RunningVm {
         sequence: u64,
     ) -> Result<RunningVm, ForkError> {
         let child_error = |e: Error| ForkError::Child(Box::new(e));
-        let ram = GuestRam::from_cow(CowMapping::map(view)?).map_err(|e| child_error(e.into()))?;
+        let shell = config
+            .pool
+            .as_ref()
+            .and_then(|pool| pool.take(view.size(), state.vcpus.len()));
+        let (mapping, shell) = match shell {
+            Some(mut shell) => {
+                // SAFETY: the shell's reservation is `view.size()` bytes (the pool checked),
+                // owned by the shell; it is handed to the mapping here and never unmapped by
+                // the shell (its address is cleared).
+                let mapping = unsafe { CowMapping::map_fixed(view, shell.addr) }?;
+                shell.addr = std::ptr::null_mut();
+                (mapping, Some(shell))
+            }
+            None => (CowMapping::map(view)?, None),
+        };
+        let ram = GuestRam::from_cow(mapping).map_err(|e| child_error(e.into()))?;
         let devices = self.child_devices(state, config.nets, config.vsock, sequence)?;
         let restore = RestoreConfig {
             context: Some(self.core.context.clone()),
@@ -168,7 +186,7 @@ impl RunningVm {
             serial_input: config.serial_input,
             devices,
         };
-        let vm = Vm::restore(state, ram, restore).map_err(child_error)?;
+        let vm = Vm::restore_into(state, ram, restore, false, shell).map_err(child_error)?;
         vm.core.forks.store(0, std::sync::atomic::Ordering::Relaxed);
         vm.start().map_err(child_error)
     }

@@ -38,6 +38,17 @@ impl Machine {
         serial_state: Option<&SerialState>,
     ) -> Result<Self, Error> {
         let vm_fd = setup::create_vm_fd(context.kvm(), &ram)?;
+        Self::over(context, vm_fd, ram, serial_output, serial_state)
+    }
+
+    /// A machine on a VM made ahead of time (a pool's), whose slots already point at `ram`.
+    pub(super) fn over(
+        context: Arc<KvmContext>,
+        vm_fd: kvm_ioctls::VmFd,
+        ram: GuestRam,
+        serial_output: SerialOutput,
+        serial_state: Option<&SerialState>,
+    ) -> Result<Self, Error> {
         let kvm = KvmVm::new(vm_fd, ram);
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(KvmError::EventFd)?;
         kvm.vm_fd()
