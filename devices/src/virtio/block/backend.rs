@@ -222,7 +222,10 @@ impl<B: BlockBackend> BlockBackend for Overlay<B> {
     /// copied, into a layer over it. An empty overlay adds no layer.
     fn freeze(&mut self) -> Result<Arc<FrozenLayer>, BlockForkError> {
         let below = self.base.freeze()?;
-        Ok(FrozenLayer::sectors(std::mem::take(&mut self.sectors), below))
+        Ok(FrozenLayer::sectors(
+            std::mem::take(&mut self.sectors),
+            below,
+        ))
     }
 
     fn save_overlay(&self) -> Result<Option<OverlayState>, OverlaySaveError> {
@@ -248,9 +251,7 @@ pub(super) fn read_through(
     let Some(last) = buf.len().checked_sub(1) else {
         return Ok(());
     };
-    let end = offset
-        .checked_add(buf.len() as u64)
-        .ok_or_else(bad_range)?;
+    let end = offset.checked_add(buf.len() as u64).ok_or_else(bad_range)?;
     let last_sector = (offset + last as u64) / SECTOR_SIZE;
     // Next byte of the disk not filled yet.
     let mut pos = offset;

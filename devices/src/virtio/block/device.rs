@@ -9,7 +9,9 @@ use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::Bytes;
 
 use super::request::{self, Request};
-use super::{fork_disk, BlockBackend, BlockForkError, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SIZE_MAX};
+use super::{
+    fork_disk, BlockBackend, BlockForkError, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SIZE_MAX,
+};
 use crate::virtio::queue::Pass;
 use crate::virtio::{
     collect_chain, read_config_bytes, ActivateError, Activation, Active, Memory, VirtioDevice,
@@ -96,9 +98,7 @@ impl Block {
     ///
     /// # Errors
     /// [`OverlaySaveError`](super::OverlaySaveError) if a forked disk's layers cannot be read.
-    pub fn save_overlay(
-        &self,
-    ) -> Result<Option<super::OverlayState>, super::OverlaySaveError> {
+    pub fn save_overlay(&self) -> Result<Option<super::OverlayState>, super::OverlaySaveError> {
         self.disk.save_overlay()
     }
 

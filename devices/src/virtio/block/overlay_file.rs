@@ -108,9 +108,14 @@ impl<B: BlockBackend> BlockBackend for FileOverlay<B> {
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.checked_range(offset, buf.len())?;
         let base = &mut self.base;
-        read_blocks(&self.file, &self.present, self.size, buf, offset, |run, at| {
-            base.read_at(run, at)
-        })
+        read_blocks(
+            &self.file,
+            &self.present,
+            self.size,
+            buf,
+            offset,
+            |run, at| base.read_at(run, at),
+        )
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {

@@ -217,10 +217,7 @@ impl<B: BlockBackend> FileOverlay<B> {
     ) -> Result<Self, OverlayRestoreError> {
         let size = base.size();
         check_size(size, state.disk_size)?;
-        let present = Bitmap::from_words(
-            state.present.clone(),
-            size.div_ceil(OVERLAY_BLOCK_SIZE),
-        )?;
+        let present = Bitmap::from_words(state.present.clone(), size.div_ceil(OVERLAY_BLOCK_SIZE))?;
         let have = file_size(&file).map_err(OverlayRestoreError::OverlayFile)?;
         if have < size {
             return Err(OverlayRestoreError::OverlayFileTooSmall { have, need: size });
