@@ -6,6 +6,8 @@
 //! file overlay, frozen), and the image at the bottom. Layers are shared (`Arc`) by every disk
 //! forked from them, so a tree of forks is a tree of layers, and never change once built.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
@@ -15,13 +17,9 @@ use super::overlay_file::{self, Bitmap};
 use super::overlay_state::{MemoryOverlayState, OverlaySaveError, OverlayState};
 use super::{BlockBackend, Overlay};
 
-/// Most layers a chain holds (the image included) before a fork flattens it: the layers of
-/// sectors above its lowest layer of another kind (the image, or a frozen file overlay) are
-/// merged into one. Reads of sectors no layer holds look in each layer once, so this bounds
-/// their cost; flattening copies pointers to the sectors held (not their bytes), so its cost is
-/// O(sectors held in the chain), and it happens once every `MAX_CHAIN_DEPTH` forks of a disk
-/// that writes between forks (an idle disk adds no layer).
-pub const MAX_CHAIN_DEPTH: usize = 16;
+/// How much larger than what is being frozen a layer of sectors below it may be and still be
+/// merged into it (see [`FrozenLayer`]).
+pub const MERGE_RATIO: usize = 2;
 
 /// Why a disk could not be forked.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -35,6 +33,14 @@ pub enum BlockForkError {
 /// An immutable layer of a forked disk and, through it, every layer below: what a disk held
 /// when it was frozen. Shared by every disk forked from it; read concurrently (`&self`, `pread`
 /// on the files) by all of them.
+///
+/// The chain stays shallow: when an in-memory overlay is frozen, each layer of sectors right
+/// below it that holds at most [`MERGE_RATIO`] times the sectors merged so far is merged into
+/// the new layer (sorted maps merged in one pass, sectors shared, not copied). So every layer
+/// of sectors holds more than twice what all the layers above it hold together, a chain has at
+/// most log2(sectors held) + 1 layers of sectors whatever the number of forks, and each sector
+/// is merged O(log(sectors held)) times over its life: a fork that froze few sectors merges
+/// only layers as small, never a large layer below them.
 pub struct FrozenLayer {
     size: u64,
     depth: usize,
@@ -67,27 +73,33 @@ impl FrozenLayer {
         })
     }
 
-    /// `sectors` over `below`; `below` itself when `sectors` is empty. Flattens the chain when
-    /// it would grow past [`MAX_CHAIN_DEPTH`].
-    pub(super) fn sectors(mut sectors: SectorMap, below: Arc<Self>) -> Arc<Self> {
+    /// `sectors` over `below`; `below` itself when `sectors` is empty. Merges the small layers
+    /// of sectors right below into it (see [`FrozenLayer`]).
+    pub(super) fn sectors(sectors: SectorMap, below: Arc<Self>) -> Arc<Self> {
         if sectors.is_empty() {
             return below;
         }
+        let mut merged = sectors.len();
+        let mut group = Vec::new();
         let mut below = below;
-        if below.depth >= MAX_CHAIN_DEPTH {
-            // Upper layers win: a sector is taken from a lower layer only if no upper one has
-            // it.
-            while let LayerKind::Sectors {
-                sectors: lower,
-                below: next,
-            } = &below.kind
-            {
-                for (&sector, data) in lower {
-                    sectors.entry(sector).or_insert_with(|| data.clone());
-                }
-                below = next.clone();
+        while let LayerKind::Sectors {
+            sectors: lower,
+            below: next,
+        } = &below.kind
+        {
+            if lower.len() > merged.saturating_mul(MERGE_RATIO) {
+                break;
             }
+            merged += lower.len();
+            let next = next.clone();
+            group.push(below);
+            below = next;
         }
+        let sectors = if group.is_empty() {
+            sectors
+        } else {
+            merge(&sectors, &group)
+        };
         Arc::new(Self {
             size: below.size,
             depth: below.depth + 1,
@@ -168,6 +180,44 @@ impl FrozenLayer {
     }
 }
 
+/// `top` merged with the maps of `layers` (layers of sectors, top down). Upper layers win: a
+/// sector is taken from a lower layer only if no upper one has it. The maps are sorted, so
+/// they are merged in one pass through a heap of their next sectors and the result is built in
+/// bulk; sectors are shared, not copied.
+fn merge(top: &SectorMap, layers: &[Arc<FrozenLayer>]) -> SectorMap {
+    let lower = layers.iter().filter_map(|layer| match &layer.kind {
+        LayerKind::Sectors { sectors, .. } => Some(sectors),
+        _ => None,
+    });
+    let mut heads: Vec<_> = std::iter::once(top)
+        .chain(lower)
+        .map(|m| m.iter())
+        .collect();
+    let mut merged = Vec::with_capacity(heads.iter().map(|h| h.len()).sum());
+    // Each layer's next sector, lowest first; on a tie, the upper layer (lower rank) first.
+    let mut next: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::with_capacity(heads.len());
+    for (rank, head) in heads.iter_mut().enumerate() {
+        if let Some((&sector, _)) = head.clone().next() {
+            next.push(Reverse((sector, rank)));
+        }
+    }
+    let mut last = None;
+    while let Some(Reverse((sector, rank))) = next.pop() {
+        let Some((_, data)) = heads.get_mut(rank).and_then(|head| head.next()) else {
+            continue;
+        };
+        if last != Some(sector) {
+            merged.push((sector, data.clone()));
+            last = Some(sector);
+        }
+        if let Some((&following, _)) = heads.get(rank).and_then(|head| head.clone().next()) {
+            next.push(Reverse((following, rank)));
+        }
+    }
+    // Already sorted: the map is built in bulk, without a search per sector.
+    merged.into_iter().collect()
+}
+
 /// A read-only disk over a frozen layer: what a forked read-only disk is, and the base of the
 /// overlay a forked writable disk is (`Overlay<FrozenDisk>`). Writes are refused with
 /// `ErrorKind::PermissionDenied`. Cloning it shares the layer.
@@ -234,8 +284,8 @@ impl BlockBackend for FrozenDisk {
 /// sees the other's later writes, nor a sibling's, and the layer is never written. A
 /// read-only disk (`read_only`) gets no overlays: both are a [`FrozenDisk`] sharing the layer.
 ///
-/// Costs O(1), or O(sectors an in-memory overlay holds) when it must flatten the chain (see
-/// [`MAX_CHAIN_DEPTH`]); no I/O. What changes for the parent's disk:
+/// Costs O(1), plus O(sectors merged) when freezing an in-memory overlay merges small layers
+/// below it (see [`FrozenLayer`]); no I/O. What changes for the parent's disk:
 /// - a raw image written through: the image becomes the bottom layer and is never written
 ///   again; the parent's later writes go to memory, and `flush` no longer reaches a file;
 /// - an in-memory overlay: its sectors become a layer (moved, not copied);

@@ -18,7 +18,7 @@ mod state;
 
 pub use backend::{BlockBackend, Overlay, RawFile};
 pub use device::{Block, BlockError};
-pub use layer::{fork_disk, BlockForkError, FrozenDisk, FrozenLayer, MAX_CHAIN_DEPTH};
+pub use layer::{fork_disk, BlockForkError, FrozenDisk, FrozenLayer, MERGE_RATIO};
 pub use overlay_file::{FileOverlay, OVERLAY_BLOCK_SIZE};
 pub use overlay_state::{
     FileOverlayState, MemoryOverlayState, OverlayRestoreError, OverlaySaveError, OverlayState,
