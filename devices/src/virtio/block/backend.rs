@@ -154,11 +154,6 @@ impl<B: BlockBackend> Overlay<B> {
         self.sectors.len()
     }
 
-    /// The disk this overlay reads what it lacks from.
-    pub fn base(&self) -> &B {
-        &self.base
-    }
-
     /// Calls `f` with each piece of `[offset, offset + len)` that lies within one sector: the
     /// sector number, the offset inside the sector, and the piece's offset inside the range.
     fn for_each_piece(
