@@ -138,7 +138,7 @@ impl Handler {
         if served.get(first) {
             // Placed before and gone again (a hole punched): it reads as zero now.
             drop(served);
-            return self.place(host, 1, true);
+            return self.place(host, 1);
         }
         let mut end = first + 1;
         while end < region_end && end - first <= self.neighbours && !served.get(end) {
@@ -191,11 +191,12 @@ impl Handler {
             }
             let at = host + i * PAGE_SIZE;
             if zero && self.zeropage {
-                self.place(at, (j - i) as u64, true)?;
+                // Counted before placing: the wake lets readers look at the stats at once.
                 StatsCounters::add(&self.counters.zero_pages, (j - i) as u64);
+                self.place(at, (j - i) as u64)?;
             } else {
-                self.copy(at, &data[i * PAGE_SIZE..j * PAGE_SIZE])?;
                 StatsCounters::add(&self.counters.pages_copied, (j - i) as u64);
+                self.copy(at, &data[i * PAGE_SIZE..j * PAGE_SIZE])?;
             }
             i = j;
         }
@@ -203,45 +204,53 @@ impl Handler {
     }
 
     /// `UFFDIO_ZEROPAGE` over `pages` pages at `host` (a zero COPY when the range does not
-    /// support it), tolerating pages already there.
-    fn place(&mut self, host: usize, pages: u64, _wake: bool) -> Result<(), EngineError> {
+    /// support it), retrying after a partial fill (the kernel stops at a page already there
+    /// and reports how far it got) and tolerating pages already there.
+    fn place(&mut self, host: usize, pages: u64) -> Result<(), EngineError> {
+        let len = pages as usize * PAGE_SIZE;
         if !self.zeropage {
-            let zeros = vec![0u8; pages as usize * PAGE_SIZE];
+            let zeros = vec![0u8; len];
             return self.copy(host, &zeros);
         }
-        let len = pages as usize * PAGE_SIZE;
-        // SAFETY: `host .. host + len` lies in a region registered with this uffd; ZEROPAGE
-        // only fills missing pages there.
-        match unsafe { self.uffd.zeropage(host as *mut libc::c_void, len, true) } {
-            Ok(_) => Ok(()),
-            Err(userfaultfd::Error::ZeropageFailed(e))
-                if e as i32 == libc::EEXIST || e as i32 == libc::EAGAIN =>
-            {
-                for p in 0..pages as usize {
-                    let at = host + p * PAGE_SIZE;
-                    // SAFETY: as above, one page.
-                    let _ = unsafe { self.uffd.zeropage(at as *mut libc::c_void, PAGE_SIZE, true) };
-                }
+        let mut done = 0usize;
+        while done < len {
+            let at = host + done;
+            // SAFETY: `at .. host + len` lies in a region registered with this uffd; ZEROPAGE
+            // only fills missing pages there.
+            match unsafe {
                 self.uffd
-                    .wake(host as *mut libc::c_void, len)
-                    .map_err(EngineError::uffd("wake"))
+                    .zeropage(at as *mut libc::c_void, len - done, true)
+            } {
+                Ok(n) if n > 0 => done += n.min(len - done),
+                Ok(_) => done += PAGE_SIZE,
+                Err(userfaultfd::Error::ZeropageFailed(e)) if e as i32 == libc::EEXIST => {
+                    // The page at `at` is there already: wake its waiters and go on.
+                    self.uffd
+                        .wake(at as *mut libc::c_void, PAGE_SIZE)
+                        .map_err(EngineError::uffd("wake"))?;
+                    done += PAGE_SIZE;
+                }
+                Err(userfaultfd::Error::ZeropageFailed(e)) if e as i32 == libc::EAGAIN => {}
+                Err(source) => {
+                    return Err(EngineError::Userfaultfd {
+                        op: "zeropage",
+                        source,
+                    })
+                }
             }
-            Err(source) => Err(EngineError::Userfaultfd {
-                op: "zeropage",
-                source,
-            }),
         }
+        Ok(())
     }
 
-    /// `UFFDIO_COPY` of `data` to `host`, retrying partial copies and skipping pages already
-    /// there.
+    /// `UFFDIO_COPY` of `data` to `host`, retrying after a partial copy (the kernel stops at a
+    /// page already there and reports how far it got) and skipping pages already there.
     fn copy(&mut self, host: usize, data: &[u8]) -> Result<(), EngineError> {
         let mut done = 0usize;
         while done < data.len() {
             let at = host + done;
             let rest = &data[done..];
-            // SAFETY: the destination lies in a registered region, the source is our buffer of
-            // `rest.len()` bytes; COPY only fills missing pages.
+            // SAFETY: the destination lies in a registered region, the source is `rest.len()`
+            // readable bytes; COPY only fills missing pages.
             match unsafe {
                 self.uffd.copy(
                     rest.as_ptr().cast(),
@@ -259,22 +268,11 @@ impl Handler {
                 }
                 Err(userfaultfd::Error::PartiallyCopied(n)) => done += n,
                 Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => {
-                    // Some page of the run is there already: go page by page.
-                    for p in (0..rest.len()).step_by(PAGE_SIZE) {
-                        // SAFETY: as above, one page.
-                        let _ = unsafe {
-                            self.uffd.copy(
-                                rest[p..].as_ptr().cast(),
-                                (at + p) as *mut libc::c_void,
-                                PAGE_SIZE,
-                                true,
-                            )
-                        };
-                    }
+                    // The page at `at` is there already: wake its waiters and go on.
                     self.uffd
-                        .wake(at as *mut libc::c_void, rest.len())
+                        .wake(at as *mut libc::c_void, PAGE_SIZE)
                         .map_err(EngineError::uffd("wake"))?;
-                    done = data.len();
+                    done += PAGE_SIZE;
                 }
                 Err(source) => return Err(EngineError::Userfaultfd { op: "copy", source }),
             }
