@@ -42,6 +42,9 @@ pub(crate) struct Handler {
     /// straight from it (no `pread`, no staging buffer). A truncated image makes the copy fail
     /// with `EFAULT` (the kernel's access, never a SIGBUS in the handler).
     pub direct: Option<Mapping>,
+    /// Host address of the stop page (see [`Handler::run_blocking`]), unregistered with the
+    /// regions on failure.
+    pub stop_page: Option<usize>,
 }
 
 /// Why the handler loop ended.
@@ -105,10 +108,61 @@ impl Handler {
         }
     }
 
+    /// Serves faults with blocking reads (one syscall per wake-up fewer than
+    /// [`Handler::run`]) until the stop page faults: the stopping thread reads the stop page,
+    /// a one-page mapping registered on the same userfaultfd, and the handler answers that
+    /// fault with a zero page and returns. The userfaultfd must be blocking and owned by this
+    /// process alone.
+    pub(crate) fn run_blocking(mut self) -> Exit {
+        let mut events = userfaultfd::EventBuffer::new(16);
+        loop {
+            let batch: Vec<_> = match self.uffd.read_events(&mut events) {
+                Ok(iter) => iter.collect(),
+                Err(source) => {
+                    return self.fail(EngineError::Userfaultfd {
+                        op: "read events",
+                        source,
+                    })
+                }
+            };
+            for event in batch {
+                match event {
+                    Ok(Event::Pagefault { addr, .. }) => {
+                        let addr = addr as usize;
+                        if let Some(stop) = self
+                            .stop_page
+                            .filter(|&s| addr >= s && addr < s + PAGE_SIZE)
+                        {
+                            // SAFETY: the stop page is registered with this uffd and ours.
+                            let _ = unsafe {
+                                self.uffd
+                                    .zeropage(stop as *mut libc::c_void, PAGE_SIZE, true)
+                            };
+                            return Exit::Stopped;
+                        }
+                        if let Err(e) = self.serve(addr) {
+                            return self.fail(e);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(source) => {
+                        return self.fail(EngineError::Userfaultfd {
+                            op: "read event",
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+    }
+
     /// Reports `err` once, then unregisters every region so no thread stays blocked.
     pub(crate) fn fail(&mut self, err: EngineError) -> Exit {
         if let Some(sink) = self.on_failure.take() {
             sink(err);
+        }
+        if let Some(stop) = self.stop_page {
+            let _ = self.uffd.unregister(stop as *mut libc::c_void, PAGE_SIZE);
         }
         for r in &self.regions {
             let _ = self
@@ -295,11 +349,11 @@ pub(crate) fn direct_map(source: &PageSource) -> Option<Mapping> {
 }
 
 /// Creates a userfaultfd able to serve kernel-mode faults too (KVM touches guest memory from
-/// the kernel), close-on-exec and non-blocking.
-pub(crate) fn new_uffd() -> Result<Uffd, EngineError> {
+/// the kernel), close-on-exec, blocking or not.
+pub(crate) fn new_uffd(non_blocking: bool) -> Result<Uffd, EngineError> {
     userfaultfd::UffdBuilder::new()
         .close_on_exec(true)
-        .non_blocking(true)
+        .non_blocking(non_blocking)
         .user_mode_only(false)
         .create()
         .map_err(EngineError::uffd("create"))
