@@ -146,7 +146,7 @@ pub(crate) fn start_lazy(
 
 /// Reads the pages of `pages` from `source` and writes them into `memfd` at their offsets
 /// (before the memory is registered, so they never fault).
-fn bulk_load(
+pub(crate) fn bulk_load(
     source: &mut PageSource,
     pages: &PageBitmap,
     memfd: &std::fs::File,
