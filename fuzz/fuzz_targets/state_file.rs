@@ -1,7 +1,8 @@
 //! A state file is read from disk and must not be trusted: any bytes must parse or fail with
 //! a typed `StateFileError`, never panic, hang or allocate past the caps.
 //!
-//! Run: `cargo +nightly fuzz run state_file` from this folder.
+//! Run: `cargo +nightly fuzz run state_file` from this folder (seed it with the golden file:
+//! `mkdir -p corpus/state_file && cp ../snapshot/tests/golden/state-v1.zsn corpus/state_file/`).
 
 #![no_main]
 
