@@ -26,12 +26,33 @@ const LAYOUT_BYTES: u64 = 64 * PAGE_SIZE as u64;
 fn framed(input: &mut Input<'_>, layout: &MemoryLayout) -> Vec<u8> {
     let chunk_pages = u32::from(input.u16()) % 80;
     let count = usize::from(input.u8()) % 70;
-    let chunks = (0..count).map(|_| ChunkEntry { offset: u64::from(input.u32()), len: input.u32() % 70_000 }).collect();
+    let chunks = (0..count)
+        .map(|_| ChunkEntry {
+            offset: u64::from(input.u32()),
+            len: input.u32() % 70_000,
+        })
+        .collect();
     let data = input.bytes(usize::MAX).to_vec();
-    let manifest = MemoryManifest { id: SnapshotId(1), parent: None, kind: ImageKind::Compressed, layout: layout.clone() };
+    let manifest = MemoryManifest {
+        id: SnapshotId(1),
+        parent: None,
+        kind: ImageKind::Compressed,
+        layout: layout.clone(),
+    };
     let mut container = StateFileWriter::new();
-    container.encoded(SectionId::IMAGE_MANIFEST, 1, &manifest).expect("small");
-    container.encoded(SectionId::CHUNK_INDEX, 1, &ChunkIndex { chunk_pages, chunks }).expect("small");
+    container
+        .encoded(SectionId::IMAGE_MANIFEST, 1, &manifest)
+        .expect("small");
+    container
+        .encoded(
+            SectionId::CHUNK_INDEX,
+            1,
+            &ChunkIndex {
+                chunk_pages,
+                chunks,
+            },
+        )
+        .expect("small");
     let mut file = data.clone();
     file.extend_from_slice(&container.to_bytes());
     file.extend_from_slice(&(data.len() as u64).to_le_bytes());
@@ -43,7 +64,11 @@ fuzz_target!(|bytes: &[u8]| {
     let layout = MemoryLayout::single(LAYOUT_BYTES).expect("valid layout");
     let mut input = Input(bytes);
     let whole = input.u8() & 1 == 1;
-    let file_bytes = if whole { input.bytes(usize::MAX).to_vec() } else { framed(&mut input, &layout) };
+    let file_bytes = if whole {
+        input.bytes(usize::MAX).to_vec()
+    } else {
+        framed(&mut input, &layout)
+    };
     let name = std::ffi::CString::new("fuzz-image").expect("no NUL");
     // SAFETY: plain syscall with a valid C string.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
