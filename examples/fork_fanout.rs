@@ -1,8 +1,11 @@
 //! Forks one running VM into many children and prints what a fork costs.
 //!
 //! ```sh
-//! cargo run --release --example fork_fanout -- --children 20 --memory-mib 256
+//! cargo run --release --example fork_fanout -- --children 20 --memory-mib 256 [--pool 20]
 //! ```
+//!
+//! With `--pool N`, children are forked into a warm pool of N pre-created VMs (`VmPool`),
+//! filled before the first fork.
 //!
 //! Ends with exactly one line:
 //! `fork_p50_us=<n> fork_p99_us=<n> parent_pause_p50_us=<n> children=<n> private_per_child_kib=<n> vm_create_floor_us=<n>`
@@ -21,13 +24,13 @@ use zygote::{ForkConfig, KvmContext, RunningVm, VsockConfig};
 use zygote_guest::{Workload, READY_LINE};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (children, memory_mib) = args()?;
+    let (children, memory_mib, pool_size) = args()?;
     raise_fd_limit();
     let context = KvmContext::new()?;
     let uds = std::env::temp_dir().join(format!("zygote-fanout-{}.vsock", std::process::id()));
     let console = zygote::ConsoleBuffer::new();
     let mut parent = zygote_examples::guest(&Workload::Agent, memory_mib)
-        .context(context)
+        .context(context.clone())
         .serial_output(zygote::SerialOutput::Buffer(console.clone()))
         .vsock(VsockConfig {
             guest_cid: 3,
@@ -45,6 +48,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     agent.counter_add(1)?;
 
     let floor_us = floor_p50_us(memory_mib)?;
+    let pool = if pool_size > 0 {
+        let pool = zygote::VmPool::new(context, memory_mib << 20, 1, pool_size)?;
+        if !pool.wait_full(Duration::from_secs(120)) {
+            return Err("the VM pool did not fill".into());
+        }
+        Some(std::sync::Arc::new(pool))
+    } else {
+        None
+    };
+    let config = || ForkConfig {
+        pool: pool.clone(),
+        ..Default::default()
+    };
     // The first fork moves the parent itself onto copy-on-write memory (and unmaps its old
     // mapping in the background): a one-time cost of the parent, not of any child.
     drop(parent.fork(ForkConfig::default())?.child);
@@ -55,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut kids: Vec<RunningVm> = Vec::with_capacity(children);
     for _ in 0..children {
         let started = Instant::now();
-        let fork = parent.fork(ForkConfig::default())?;
+        let fork = parent.fork(config())?;
         fork_us.push(started.elapsed().as_micros() as u64);
         pause_us.push(fork.parent_pause.as_micros() as u64);
         kids.push(fork.child);
@@ -80,9 +96,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn args() -> Result<(usize, u64), String> {
+fn args() -> Result<(usize, u64, usize), String> {
     let mut children = 10;
     let mut memory_mib = 256;
+    let mut pool = 0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().ok_or(format!("{arg} needs a value"))?;
@@ -91,10 +108,11 @@ fn args() -> Result<(usize, u64), String> {
             "--memory-mib" => {
                 memory_mib = value.parse().map_err(|e| format!("--memory-mib: {e}"))?
             }
+            "--pool" => pool = value.parse().map_err(|e| format!("--pool: {e}"))?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    Ok((children, memory_mib))
+    Ok((children, memory_mib, pool))
 }
 
 /// p-th percentile (nearest rank) of `values`.

@@ -25,6 +25,9 @@ pub enum CowError {
     /// Opening `/proc/self/pagemap` or its `PAGEMAP_SCAN` failed.
     #[error("cannot scan the page table (PAGEMAP_SCAN, Linux 6.7+): {0}")]
     Scan(#[source] std::io::Error),
+    /// Write tracking (userfaultfd asynchronous write-protection, Linux 6.7+) could not start.
+    #[error("cannot track writes to guest memory (userfaultfd WP_ASYNC): {0}")]
+    Track(#[source] std::io::Error),
     /// A size or range is not page aligned or does not fit the layer.
     #[error("{0}")]
     Range(&'static str),

@@ -21,6 +21,7 @@ mod layer;
 mod mapping;
 mod pagemap;
 mod runs;
+mod tracker;
 mod view;
 
 pub use error::CowError;
@@ -28,4 +29,5 @@ pub use layer::Layer;
 pub use mapping::CowMapping;
 pub use pagemap::{dirty_runs, usage, MemoryUsage};
 pub use runs::{PageRun, PAGE_SIZE};
+pub use tracker::WriteTracker;
 pub use view::View;

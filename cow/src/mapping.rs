@@ -64,6 +64,30 @@ impl CowMapping {
         Ok(mapping)
     }
 
+    /// Maps `view` over `addr..addr + view.size()`, a range the caller reserved (a
+    /// `PROT_NONE` mapping, say, that a pre-created VM's memory slots already point at), and
+    /// takes it over: the range is unmapped when the returned mapping drops.
+    ///
+    /// # Safety
+    /// The caller owns that range, nothing else uses or unmaps it, and it hands it over here.
+    pub unsafe fn map_fixed(view: Arc<View>, addr: *mut u8) -> Result<Self, CowError> {
+        let mapping = Self {
+            addr,
+            size: view.size(),
+            view,
+        };
+        let whole = PageRun {
+            start: 0,
+            count: mapping.size / PAGE_SIZE,
+        };
+        mapping.map_run(whole, 0)?;
+        let runs: Vec<(PageRun, usize)> = mapping.view.runs().to_vec();
+        for (run, layer) in runs {
+            mapping.map_run(run, layer)?;
+        }
+        Ok(mapping)
+    }
+
     /// Replaces `runs` of this mapping with the pages of `view`'s layer `layer` (dropping this
     /// mapping's own copies of them) and adopts `view`, which must be this mapping's view with
     /// that layer added. Used on a parent after its writes were frozen into a new layer.

@@ -17,11 +17,15 @@ const PAGE_IS_SWAPPED: u64 = 1 << 4;
 /// `struct page_region` of `<linux/fs.h>`.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-struct PageRegion {
-    start: u64,
-    end: u64,
-    categories: u64,
+pub(crate) struct PageRegion {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) categories: u64,
 }
+
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 
 /// `struct pm_scan_arg` of `<linux/fs.h>`.
 #[repr(C)]
@@ -57,6 +61,50 @@ fn scan(
     len: u64,
     inverted: u64,
     mask: u64,
+    each: impl FnMut(u64, u64, u64),
+) -> Result<(), CowError> {
+    scan_with(
+        addr,
+        len,
+        0,
+        inverted,
+        mask,
+        PAGE_IS_FILE | PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        each,
+    )
+}
+
+/// Calls `each` for every region of `[addr, addr + len)` written since it was last
+/// write-protected through a userfaultfd in asynchronous mode, and protects them again.
+pub(crate) fn scan_written(
+    addr: u64,
+    len: u64,
+    mut each: impl FnMut(&PageRegion),
+) -> Result<(), CowError> {
+    scan_with(
+        addr,
+        len,
+        PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+        0,
+        PAGE_IS_WRITTEN,
+        PAGE_IS_WRITTEN,
+        |start, end, categories| {
+            each(&PageRegion {
+                start,
+                end,
+                categories,
+            })
+        },
+    )
+}
+
+fn scan_with(
+    addr: u64,
+    len: u64,
+    flags: u64,
+    inverted: u64,
+    mask: u64,
+    return_mask: u64,
     mut each: impl FnMut(u64, u64, u64),
 ) -> Result<(), CowError> {
     let pagemap = File::open("/proc/self/pagemap").map_err(CowError::Scan)?;
@@ -66,13 +114,14 @@ fn scan(
     while start < end {
         let mut arg = PmScanArg {
             size: std::mem::size_of::<PmScanArg>() as u64,
+            flags,
             start,
             end,
             vec: regions.as_mut_ptr() as u64,
             vec_len: BATCH as u64,
             category_inverted: inverted,
             category_mask: mask,
-            return_mask: PAGE_IS_FILE | PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask,
             ..Default::default()
         };
         // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at `BATCH` writable

@@ -146,3 +146,72 @@ fn a_fresh_child_owns_nothing_and_pays_only_for_what_it_writes() {
         vec![PageRun { start: 0, count: 8 }]
     );
 }
+
+#[test]
+fn the_write_tracker_reports_exactly_the_pages_written_since_the_last_take() {
+    let file = memfd();
+    // SAFETY: a fresh shared mapping of a memfd we own, checked below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            SIZE as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+        )
+    };
+    assert_ne!(addr, libc::MAP_FAILED);
+    let base = addr.cast::<u8>();
+    let poke = |page: u64| {
+        // SAFETY: page < PAGES, inside the mapping.
+        unsafe { base.add((page * PAGE_SIZE) as usize).write_volatile(1) }
+    };
+    // Some pages are populated before tracking starts, some never are.
+    for page in 0..16 {
+        poke(page);
+    }
+    let tracker = zygote_cow::WriteTracker::start(base as u64, SIZE).unwrap();
+    assert!(tracker.take_written().unwrap().is_empty());
+    poke(3);
+    poke(4);
+    poke(200);
+    // A write from another thread counts the same.
+    let at = base as usize;
+    std::thread::spawn(move || {
+        // SAFETY: page 100 lies inside the mapping, which outlives the thread.
+        unsafe {
+            (at as *mut u8)
+                .add((100 * PAGE_SIZE) as usize)
+                .write_volatile(9)
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        tracker.take_written().unwrap(),
+        vec![
+            PageRun { start: 3, count: 2 },
+            PageRun {
+                start: 100,
+                count: 1
+            },
+            PageRun {
+                start: 200,
+                count: 1
+            }
+        ]
+    );
+    assert!(
+        tracker.take_written().unwrap().is_empty(),
+        "a take starts a new period"
+    );
+    poke(4);
+    assert_eq!(
+        tracker.take_written().unwrap(),
+        vec![PageRun { start: 4, count: 1 }]
+    );
+    drop(tracker);
+    // SAFETY: the mapping made above, unmapped once.
+    unsafe { libc::munmap(addr, SIZE as usize) };
+}

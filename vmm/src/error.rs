@@ -74,6 +74,9 @@ pub enum Error {
     /// The console writer thread could not be started.
     #[error("cannot start the console writer thread: {0}")]
     ConsoleThread(#[source] std::io::Error),
+    /// A VM pool's filling thread could not be started.
+    #[error("cannot start the VM pool thread: {0}")]
+    PoolThread(#[source] std::io::Error),
     /// The serial input thread could not be started.
     #[error("cannot start the serial input thread: {0}")]
     SerialInputThread(#[source] std::io::Error),

@@ -41,7 +41,7 @@ pub use virtio::{EventLoopError, VirtioError, MAX_DEVICES};
 pub use zygote_snapshot as snapshot_format;
 // The device errors that appear inside `DeviceError`, `VirtioError` and `Error`, so callers
 // can match on them without depending on `zygote-devices`.
-pub use vm::{Fork, ForkConfig, ForkError, RestoreConfig, RunningVm, SerialSource, Vm};
+pub use vm::{Fork, ForkConfig, ForkError, RestoreConfig, RunningVm, SerialSource, Vm, VmPool};
 pub use zygote_devices::virtio::block::BlockError;
 pub use zygote_devices::virtio::mmio::TransportError;
 pub use zygote_devices::virtio::net::{NetError, TapError};

@@ -235,6 +235,32 @@ impl GuestRam {
     }
 }
 
+/// Registers the `size`-byte range at `host_addr` as the VM's memory slots, numbered from 0,
+/// in the layout of [`ram_regions`] (a pre-created VM's slots over a reserved range).
+///
+/// # Safety
+/// The range must stay reserved (mapped, even `PROT_NONE`) for as long as the VM lives.
+pub(crate) unsafe fn register_range(
+    vm: &VmFd,
+    host_addr: *mut u8,
+    size: u64,
+) -> Result<(), MemoryError> {
+    for (slot, region) in ram_regions(size).into_iter().enumerate() {
+        let slot = slot as u32;
+        let mapping = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: region.start.0,
+            memory_size: region.len,
+            userspace_addr: host_addr as u64 + region.file_offset,
+        };
+        // SAFETY: the caller keeps the range mapped while the VM lives.
+        unsafe { vm.set_user_memory_region(mapping) }
+            .map_err(|source| MemoryError::SetMemorySlot { slot, source })?;
+    }
+    Ok(())
+}
+
 /// Guest regions over the `size`-byte mapping at `addr`, in the layout of [`ram_regions`].
 ///
 /// # Safety

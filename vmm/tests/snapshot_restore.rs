@@ -75,8 +75,10 @@ fn check_restore(
     tag: &str,
 ) -> RunningVm {
     let uds = temp_path(&format!("restored-{tag}.vsock"));
+    let console = zygote::ConsoleBuffer::new();
     let config = RestoreConfig {
         devices: resources(image, &uds),
+        serial_output: zygote::SerialOutput::Buffer(console.clone()),
         ..Default::default()
     };
     let vm = Vm::restore_snapshot(snapshot, engine, config)
@@ -84,7 +86,14 @@ fn check_restore(
         .start()
         .unwrap();
     let mut agent = AgentClient::connect(&uds, AGENT_PORT, GUEST_TIMEOUT).unwrap();
-    assert_eq!(agent.counter_get().unwrap(), want.counter, "{tag}: counter");
+    let counter = agent.counter_get();
+    assert!(
+        counter.is_ok(),
+        "{tag}: {counter:?}, exit {:?}, console:\n{}",
+        vm.exit_reason(),
+        console.text()
+    );
+    assert_eq!(counter.unwrap(), want.counter, "{tag}: counter");
     assert_eq!(
         agent.checksum(want.addr, 8 * MIB).unwrap(),
         want.sum,
@@ -243,4 +252,97 @@ fn a_memory_file_truncated_under_a_running_restore_stops_that_vm_only() {
     // The original VM, in the same process, keeps running.
     let mut agent = vm.agent().unwrap();
     assert_eq!(agent.counter_get().unwrap(), want.counter);
+}
+
+/// The same test body is the parent (snapshots, then runs this test binary again) and, with
+/// `ZYGOTE_RESTORE_DIR` set, the other process (restores and checks what the parent wrote).
+#[test]
+fn a_snapshot_taken_in_one_process_restores_in_another() {
+    if let Ok(dir) = std::env::var("ZYGOTE_RESTORE_DIR") {
+        let image = PathBuf::from(std::env::var("ZYGOTE_RESTORE_IMAGE").unwrap());
+        let number = |name: &str| std::env::var(name).unwrap().parse::<u64>().unwrap();
+        let want = Expected {
+            counter: number("ZYGOTE_RESTORE_COUNTER"),
+            addr: number("ZYGOTE_RESTORE_ADDR"),
+            sum: number("ZYGOTE_RESTORE_SUM"),
+            disk: vec![0x5a; 1024],
+        };
+        let snapshot = Snapshot::load(Path::new(&dir)).unwrap();
+        let mut vm = check_restore(
+            &snapshot,
+            &mut UffdEngine::new(),
+            &image,
+            &want,
+            "other-process",
+        );
+        vm.shutdown().unwrap();
+        return;
+    }
+    let image = disk_image("snap-xproc.img", 1 << 20);
+    let (vm, want) = prepared("snap-xproc", &image);
+    let dir = snapshot_dir("snap-xproc-dir");
+    vm.snapshot(&dir, MemoryFormat::Compressed { level: 3 })
+        .unwrap();
+    drop(vm);
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_snapshot_taken_in_one_process_restores_in_another",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env("ZYGOTE_RESTORE_DIR", &dir)
+        .env("ZYGOTE_RESTORE_IMAGE", &image)
+        .env("ZYGOTE_RESTORE_COUNTER", want.counter.to_string())
+        .env("ZYGOTE_RESTORE_ADDR", want.addr.to_string())
+        .env("ZYGOTE_RESTORE_SUM", want.sum.to_string())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the restore in the other process failed: {status}"
+    );
+}
+
+#[test]
+fn diff_chains_and_their_merge_restore_exactly() {
+    let image = disk_image("snap-diff.img", 1 << 20);
+    let (vm, mut want) = prepared("snap-diff", &image);
+    let full = snapshot_dir("snap-diff-full");
+    vm.snapshot(&full, MemoryFormat::Raw).unwrap();
+    // Nothing ran since: a diff right away holds (almost) nothing.
+    let early = vm
+        .snapshot(&snapshot_dir("snap-diff-early"), MemoryFormat::Diff)
+        .unwrap();
+    assert!(early.data_pages < 16, "{early:?}");
+    let mut dirs = vec![full.clone(), temp_path("snap-diff-early")];
+    for step in 1..=2u64 {
+        vm.resume().unwrap();
+        let mut agent = vm.agent().unwrap();
+        want.counter = agent.counter_add(step).unwrap();
+        let (addr, sum) = agent.touch(8, 0x1000 + step).unwrap();
+        (want.addr, want.sum) = (addr, sum);
+        drop(agent);
+        vm.pause().unwrap();
+        let dir = snapshot_dir(&format!("snap-diff-{step}"));
+        let info = vm.snapshot(&dir, MemoryFormat::Diff).unwrap();
+        // A diff holds what changed: the 8 MiB touched (2,048 pages) and a few pages of the
+        // agent's own state and buffers, never the rest of memory.
+        assert!((2048..2048 + 256).contains(&info.data_pages), "{info:?}");
+        dirs.push(dir);
+    }
+    // Each diff names the snapshot before it: full, early, step 1, step 2.
+    let chain = Snapshot::load_chain(&dirs).unwrap();
+    let mut restored = check_restore(&chain, &mut UffdEngine::new(), &image, &want, "diff-chain");
+    restored.shutdown().unwrap();
+
+    let merged_dir = snapshot_dir("snap-diff-merged");
+    let merged = Snapshot::merge_chain(&dirs, &merged_dir).unwrap();
+    let mut restored = check_restore(&merged, &mut MmapEngine::new(), &image, &want, "merged");
+    restored.shutdown().unwrap();
+
+    // A chain with a diff missing in the middle names the wrong parent.
+    let err = Snapshot::load_chain(&[&dirs[0], &dirs[3]]).err().unwrap();
+    assert!(err.to_string().contains("parent"), "{err}");
+    // A diff alone is not a snapshot.
+    assert!(Snapshot::load(&dirs[2]).is_err());
 }

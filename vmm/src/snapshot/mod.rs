@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use zygote_snapshot::memory::{compressed, raw};
+use zygote_snapshot::memory::{compressed, diff, merge, raw};
 use zygote_snapshot::{
-    EngineError, ImageError, MemoryEngine, MemoryLayout, PageSource, RamRange, SectionId,
-    SnapshotId, StateFile, StateFileError, StateFileWriter, WriteError,
+    EngineError, ImageError, MemoryEngine, MemoryLayout, PageBitmap, PageSource, RamRange,
+    SectionId, SnapshotId, StateFile, StateFileError, StateFileWriter, WriteError,
 };
 
 use crate::arch::layout::ram_regions;
@@ -49,12 +49,18 @@ pub enum MemoryFormat {
         /// zstd level.
         level: i32,
     },
+    /// Only the pages written since this VM's previous snapshot (its parent, named in the
+    /// file), tracked by the kernel (`zygote_cow::WriteTracker`) for guest and device writes
+    /// alike. Restore it with [`Snapshot::load_chain`]; squash a chain with
+    /// [`Snapshot::merge_chain`].
+    Diff,
 }
 
 /// What the `VM_CONFIG` section says about the snapshot.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Meta {
     id: SnapshotId,
+    parent: Option<SnapshotId>,
     memory_bytes: u64,
     vcpus: u32,
     memory: MemoryFormat,
@@ -95,6 +101,13 @@ pub enum SnapshotError {
     /// The state file could not be written.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// A diff snapshot needs a parent: a full snapshot of this VM taken since it was made,
+    /// restored or forked, with write tracking available for its memory.
+    #[error("a diff snapshot needs a previous full snapshot of this VM (since its last fork or lazy restore)")]
+    NoParent,
+    /// Reading which pages were written failed.
+    #[error("cannot read which pages were written: {0}")]
+    Track(#[source] zygote_cow::CowError),
     /// The VM's memory layout is not one a snapshot can describe.
     #[error("cannot describe the memory layout: {0}")]
     Layout(#[source] zygote_snapshot::LayoutError),
@@ -170,14 +183,35 @@ impl RunningVm {
         let id = SnapshotId::random();
         let memory = self.memory();
         let path = dir.join(MEMORY_FILE);
+        let mut tracking = self.dirty_tracking();
+        let mut parent = None;
         let stats = match format {
             MemoryFormat::Raw => raw::write_raw(memory, &layout, &path)?,
             MemoryFormat::Compressed { level } => {
                 compressed::write_compressed(memory, &layout, id, level, &path)?
             }
+            MemoryFormat::Diff => {
+                let (tracker, last) = tracking.as_ref().ok_or(SnapshotError::NoParent)?;
+                let written = tracker.take_written().map_err(SnapshotError::Track)?;
+                let mut dirty = PageBitmap::new(layout.pages());
+                for run in written {
+                    dirty.set_range(run.start, run.count);
+                }
+                parent = Some(*last);
+                match diff::write_diff(memory, &layout, &dirty, id, *last, &path) {
+                    Ok(stats) => stats,
+                    Err(e) => {
+                        // The pages read above are no longer marked: only a full snapshot
+                        // can be a parent now.
+                        *tracking = None;
+                        return Err(e.into());
+                    }
+                }
+            }
         };
         let meta = Meta {
             id,
+            parent,
             memory_bytes: state.memory_bytes,
             vcpus: state.vcpus.len() as u32,
             memory: format,
@@ -185,6 +219,22 @@ impl RunningVm {
         state_file(&meta, &state)
             .map_err(SnapshotError::Encode)?
             .write_atomic(&dir.join(STATE_FILE))?;
+        match format {
+            MemoryFormat::Diff => {
+                if let Some((_, last)) = tracking.as_mut() {
+                    *last = id;
+                }
+            }
+            // Later diffs are taken against this one. Without write tracking (a lazily
+            // restored VM's memory belongs to its engine's userfaultfd) there are none.
+            _ => {
+                let ram = self.ram();
+                *tracking = zygote_cow::WriteTracker::start(ram.host_addr() as u64, ram.size())
+                    .ok()
+                    .map(|tracker| (tracker, id));
+            }
+        }
+        drop(tracking);
         Ok(SnapshotInfo {
             id,
             data_pages: stats.data_pages,
@@ -222,11 +272,14 @@ fn state_file(meta: &Meta, state: &MachineState) -> Result<StateFileWriter, Stat
     Ok(writer)
 }
 
-/// A snapshot read from disk and checked: its state, and where its memory is.
+/// A snapshot read from disk and checked: its state, and where its memory is (one full
+/// image, or a full image and the diffs on top of it, oldest first).
 pub struct Snapshot {
     dir: PathBuf,
     meta: Meta,
     state: MachineState,
+    /// For a diff chain: the full snapshot at its bottom and the diffs below `dir`.
+    chain: Option<(PathBuf, Meta, Vec<PathBuf>)>,
 }
 
 impl Snapshot {
@@ -236,6 +289,78 @@ impl Snapshot {
     /// # Errors
     /// [`LoadError`] naming what is wrong; nothing is mapped or allocated beyond the caps.
     pub fn load(dir: &Path) -> Result<Self, LoadError> {
+        let snapshot = Self::read(dir)?;
+        if snapshot.meta.parent.is_some() {
+            return Err(LoadError::Invalid(
+                "a diff snapshot needs its parents: use Snapshot::load_chain",
+            ));
+        }
+        // Refuse a short or corrupt memory image now, before anything maps it.
+        snapshot.page_source()?;
+        Ok(snapshot)
+    }
+
+    /// Reads a chain: a full snapshot and the diff snapshots taken after it, oldest first.
+    /// Each diff must name the snapshot before it as its parent; the state is the last one's.
+    ///
+    /// # Errors
+    /// [`LoadError`]; [`ImageError::WrongParent`] for a diff out of order or from another VM.
+    pub fn load_chain<P: AsRef<Path>>(dirs: &[P]) -> Result<Self, LoadError> {
+        let (first, rest) = dirs
+            .split_first()
+            .ok_or(LoadError::Invalid("an empty snapshot chain"))?;
+        let base = Self::read(first.as_ref())?;
+        if base.meta.parent.is_some() {
+            return Err(LoadError::Invalid(
+                "a snapshot chain must start with a full snapshot",
+            ));
+        }
+        let Some(last_dir) = rest.last() else {
+            return Self::load(first.as_ref());
+        };
+        let mut last = Self::read(last_dir.as_ref())?;
+        for dir in rest {
+            let meta = Self::read(dir.as_ref())?.meta;
+            if meta.memory != MemoryFormat::Diff || meta.memory_bytes != base.meta.memory_bytes {
+                return Err(LoadError::Invalid(
+                    "a chain's later snapshots must be diffs of the same VM",
+                ));
+            }
+        }
+        let diffs = rest.iter().map(|d| d.as_ref().join(MEMORY_FILE)).collect();
+        last.chain = Some((base.dir, base.meta, diffs));
+        last.page_source()?;
+        Ok(last)
+    }
+
+    /// Squashes a chain (as [`Snapshot::load_chain`] takes it) into one full snapshot with a
+    /// raw image in `out`: the last snapshot's state over the merged memory.
+    ///
+    /// # Errors
+    /// [`LoadError`] for a bad chain; a write failure leaves no state file in `out`.
+    pub fn merge_chain<P: AsRef<Path>>(dirs: &[P], out: &Path) -> Result<Self, LoadError> {
+        let chain = Self::load_chain(dirs)?;
+        std::fs::create_dir_all(out).map_err(|source| {
+            LoadError::Memory(ImageError::Io {
+                path: out.to_path_buf(),
+                source,
+            })
+        })?;
+        merge::merge_to_raw(&mut chain.page_source()?, &out.join(MEMORY_FILE))?;
+        let meta = Meta {
+            id: SnapshotId::random(),
+            parent: None,
+            memory: MemoryFormat::Raw,
+            ..chain.meta.clone()
+        };
+        state_file(&meta, &chain.state)
+            .map_err(LoadError::State)?
+            .write_atomic(&out.join(STATE_FILE))
+            .map_err(|e| LoadError::Memory(ImageError::Write(e)))?;
+        Self::load(out)
+    }
+
+    fn read(dir: &Path) -> Result<Self, LoadError> {
         let file = StateFile::read(&dir.join(STATE_FILE))?;
         let versions = &[SECTION_VERSION];
         let (_, meta): (u8, Meta) = file.decode(SectionId::VM_CONFIG, versions)?;
@@ -253,7 +378,12 @@ impl Snapshot {
         {
             return Err(LoadError::Invalid("the memory size is out of range"));
         }
-        let snapshot = Self {
+        if (meta.memory == MemoryFormat::Diff) != meta.parent.is_some() {
+            return Err(LoadError::Invalid(
+                "a diff snapshot must name its parent, and only a diff",
+            ));
+        }
+        Ok(Self {
             dir: dir.to_path_buf(),
             state: MachineState {
                 memory_bytes: meta.memory_bytes,
@@ -262,15 +392,18 @@ impl Snapshot {
                 devices: devices.into(),
             },
             meta,
-        };
-        // Refuse a short or corrupt memory image now, before anything maps it.
-        snapshot.page_source()?;
-        Ok(snapshot)
+            chain: None,
+        })
     }
 
     /// The captured state.
     pub fn state(&self) -> &MachineState {
         &self.state
+    }
+
+    /// The captured state, to edit before restoring (tools, tests). Restoring checks it again.
+    pub fn state_mut(&mut self) -> &mut MachineState {
+        &mut self.state
     }
 
     /// The snapshot's id.
@@ -284,11 +417,20 @@ impl Snapshot {
     /// [`LoadError::Memory`] for a missing, short or corrupt image.
     pub fn page_source(&self) -> Result<PageSource, LoadError> {
         let layout = memory_layout(self.meta.memory_bytes)?;
-        let path = self.dir.join(MEMORY_FILE);
-        Ok(match self.meta.memory {
+        let (dir, meta, diffs) = match &self.chain {
+            Some((dir, meta, diffs)) => (dir, meta, diffs.as_slice()),
+            None => (&self.dir, &self.meta, &[][..]),
+        };
+        let path = dir.join(MEMORY_FILE);
+        let source = match meta.memory {
             MemoryFormat::Raw => PageSource::open_raw(&path, &layout)?,
             MemoryFormat::Compressed { .. } => PageSource::open_compressed(&path, &layout)?,
-        })
+            MemoryFormat::Diff => return Err(LoadError::Invalid("a diff needs its parents")),
+        };
+        if diffs.is_empty() {
+            return Ok(source);
+        }
+        Ok(source.with_diffs(meta.id, diffs)?)
     }
 }
 
@@ -361,7 +503,7 @@ impl Vm {
             GuestRam::from_raw(addr, layout.size(), memfd, Box::new(Mutex::new(restored)))
         }
         .map_err(|e| LoadError::Restore(Box::new(e.into())))?;
-        let vm = Vm::restore(&snapshot.state, ram, config)
+        let vm = Vm::restore_checked(&snapshot.state, ram, config, true)
             .map_err(|e| LoadError::Restore(Box::new(e)))?;
         relay.attach(vm.control());
         Ok(vm)

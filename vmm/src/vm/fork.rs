@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zygote_cow::{dirty_runs, CowMapping, Layer, PageRun, View, PAGE_SIZE};
+use zygote_devices::virtio::block::Block;
 
-use super::{RestoreConfig, RunningVm, SerialSource, Vm};
+use super::{RestoreConfig, RunningVm, SerialSource, Vm, VmPool};
 use crate::arch::identity;
 use crate::console::SerialOutput;
 use crate::devices::{NetConfig, VsockConfig};
@@ -40,6 +41,9 @@ pub struct ForkConfig {
     /// parent's fork count, and `<parent uds_path>.fork<N>`. Connections never carry over:
     /// the child's guest sees a transport reset.
     pub vsock: Option<VsockConfig>,
+    /// A warm pool to take the child's KVM VM from; without one (or when it is empty) the
+    /// child's VM is created on the fork path.
+    pub pool: Option<Arc<VmPool>>,
 }
 
 /// A fork's result: the running child, and how long the parent was paused for it.
@@ -65,6 +69,9 @@ pub enum ForkError {
     /// The parent's memory slots could not be moved onto its new mapping; it was stopped.
     #[error("fork: cannot move the parent onto its copy-on-write memory: {0}")]
     Remap(#[source] crate::MemoryError),
+    /// A disk could not be forked (its backend cannot freeze); the parent's disk is unchanged.
+    #[error("fork: {0}")]
+    Disk(#[source] zygote_devices::virtio::block::BlockForkError),
     /// The child's configuration does not match the parent's devices.
     #[error("fork: {0}")]
     Config(&'static str),
@@ -89,12 +96,13 @@ impl RunningVm {
         // 2-3. Capture it and freeze its memory; the parent is still paused.
         let frozen = self.capture().map_err(ForkError::from).and_then(|state| {
             let view = self.freeze_memory()?;
-            Ok((state, view))
+            let disks = self.fork_disks()?;
+            Ok((state, view, disks))
         });
         // 4. The parent runs again, whatever happened.
         let resumed = self.resume();
         let parent_pause = paused_at.elapsed();
-        let (state, view) = frozen?;
+        let (state, view, disks) = frozen?;
         resumed.map_err(|e| ForkError::Lifecycle(Box::new(e)))?;
         // 5. The child.
         let sequence = self
@@ -102,7 +110,7 @@ impl RunningVm {
             .forks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        let child = self.make_child(&state, view, config, sequence)?;
+        let child = self.make_child(&state, view, disks, config, sequence)?;
         Ok(Fork {
             child,
             parent_pause,
@@ -111,6 +119,8 @@ impl RunningVm {
 
     /// Freezes the paused parent's memory into a view and moves the parent onto it.
     fn freeze_memory(&mut self) -> Result<Arc<View>, ForkError> {
+        // Re-mapping replaces the tracked mappings: the next snapshot must be a full one.
+        *self.dirty_tracking() = None;
         let ram = self.core.kvm.ram_mut();
         if let Some(mapping) = ram.cow_mut() {
             return freeze_layer(mapping);
@@ -150,16 +160,46 @@ impl RunningVm {
         Ok(view)
     }
 
-    /// Maps `view` for a child and starts it from `state`.
+    /// Forks every disk of the paused parent: each becomes a frozen layer under a new overlay
+    /// for the parent and another for the child (`zygote_devices::virtio::block::Block::fork`).
+    fn fork_disks(&self) -> Result<Vec<Block>, ForkError> {
+        self.core
+            .devices
+            .blocks
+            .iter()
+            .map(|transport| {
+                let mut transport = transport.lock().unwrap_or_else(|p| p.into_inner());
+                transport.device_mut().fork().map_err(ForkError::Disk)
+            })
+            .collect()
+    }
+
+    /// Maps `view` for a child and starts it from `state` with its forked `disks`.
     fn make_child(
         &self,
         state: &MachineState,
         view: Arc<View>,
+        disks: Vec<Block>,
         config: ForkConfig,
         sequence: u64,
     ) -> Result<RunningVm, ForkError> {
         let child_error = |e: Error| ForkError::Child(Box::new(e));
-        let ram = GuestRam::from_cow(CowMapping::map(view)?).map_err(|e| child_error(e.into()))?;
+        let shell = config
+            .pool
+            .as_ref()
+            .and_then(|pool| pool.take(view.size(), state.vcpus.len()));
+        let (mapping, shell) = match shell {
+            Some(mut shell) => {
+                // SAFETY: the shell's reservation is `view.size()` bytes (the pool checked),
+                // owned by the shell; it is handed to the mapping here and never unmapped by
+                // the shell (its address is cleared).
+                let mapping = unsafe { CowMapping::map_fixed(view, shell.addr) }?;
+                shell.addr = std::ptr::null_mut();
+                (mapping, Some(shell))
+            }
+            None => (CowMapping::map(view)?, None),
+        };
+        let ram = GuestRam::from_cow(mapping).map_err(|e| child_error(e.into()))?;
         // The child learns it is a clone: the next generation and its own id, written before
         // it runs (one page of its own).
         let parent = identity::read(ram.memory()).unwrap_or_default();
@@ -173,7 +213,7 @@ impl RunningVm {
             serial_input: config.serial_input,
             devices,
         };
-        let vm = Vm::restore(state, ram, restore).map_err(child_error)?;
+        let vm = Vm::restore_into(state, ram, restore, false, shell, disks).map_err(child_error)?;
         vm.core.forks.store(0, std::sync::atomic::Ordering::Relaxed);
         vm.start().map_err(child_error)
     }
@@ -189,11 +229,6 @@ impl RunningVm {
         if nets.len() != state.devices.nets.len() {
             return Err(ForkError::Config(
                 "give the child one NIC backend per parent NIC",
-            ));
-        }
-        if !state.devices.blocks.is_empty() {
-            return Err(ForkError::Config(
-                "forking a VM with disks is not supported yet",
             ));
         }
         let nets = nets

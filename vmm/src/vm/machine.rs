@@ -41,6 +41,17 @@ impl Machine {
         serial_state: Option<&SerialState>,
     ) -> Result<Self, Error> {
         let vm_fd = setup::create_vm_fd(context.kvm(), &ram)?;
+        Self::over(context, vm_fd, ram, serial_output, serial_state)
+    }
+
+    /// A machine on a VM made ahead of time (a pool's), whose slots already point at `ram`.
+    pub(super) fn over(
+        context: Arc<KvmContext>,
+        vm_fd: kvm_ioctls::VmFd,
+        ram: GuestRam,
+        serial_output: SerialOutput,
+        serial_state: Option<&SerialState>,
+    ) -> Result<Self, Error> {
         let kvm = KvmVm::new(vm_fd, ram);
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(KvmError::EventFd)?;
         kvm.vm_fd()
@@ -92,10 +103,67 @@ impl Machine {
                 serial_input: None,
                 gate: quiesce::Gate::new(),
                 lifecycle: Mutex::new(()),
+                dirty: Mutex::new(None),
                 forks: std::sync::atomic::AtomicU64::new(0),
                 context: self.context,
                 kvm: self.kvm,
             },
         })
     }
+}
+
+/// The CPUID leaves whose feature bits a restore compares: (leaf, subleaf, registers).
+const FEATURE_LEAVES: [(u32, u32); 3] = [(0x1, 0), (0x7, 0), (0x8000_0001, 0)];
+
+/// Refuses a saved vCPU whose CPUID has feature bits this host does not give a new vCPU.
+///
+/// What the host gives is read back from `fd` (a fresh vCPU) after setting the filtered
+/// supported set: some hosts put back bits a VMM clears (../shared/ENVIRONMENT.md), so
+/// `KVM_GET_SUPPORTED_CPUID` alone is not what a guest sees.
+pub(super) fn check_cpuid(
+    context: &KvmContext,
+    fd: &kvm_ioctls::VcpuFd,
+    saved: &crate::state::VcpuState,
+    count: u8,
+) -> Result<(), RestoreError> {
+    let offered = crate::arch::cpuid::filter(context.supported_cpuid(), saved.index, count, None);
+    let ioctl = |source| crate::state::VcpuStateError::Ioctl {
+        op: "KVM_SET_CPUID2",
+        index: saved.index,
+        source,
+    };
+    fd.set_cpuid2(&offered).map_err(ioctl)?;
+    let host = fd
+        .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(ioctl)?;
+    for (leaf, subleaf) in FEATURE_LEAVES {
+        let find = |entries: &[kvm_bindings::kvm_cpuid_entry2]| {
+            entries
+                .iter()
+                .find(|e| e.function == leaf && e.index == subleaf)
+                .copied()
+        };
+        let Some(want) = find(&saved.cpuid) else {
+            continue;
+        };
+        let have = find(host.as_slice()).unwrap_or_default();
+        // Leaf 1 EBX is topology (APIC ID, counts), not features.
+        let registers = [
+            ("ebx", want.ebx, have.ebx, leaf != 0x1),
+            ("ecx", want.ecx, have.ecx, true),
+            ("edx", want.edx, have.edx, true),
+        ];
+        for (register, w, h, features) in registers {
+            let missing = w & !h;
+            if features && missing != 0 {
+                return Err(RestoreError::CpuidMismatch {
+                    vcpu: saved.index,
+                    leaf,
+                    register,
+                    missing,
+                });
+            }
+        }
+    }
+    Ok(())
 }

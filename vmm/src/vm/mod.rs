@@ -3,6 +3,7 @@
 
 mod fork;
 mod machine;
+mod pool;
 pub(crate) mod quiesce;
 mod running;
 mod serial_input;
@@ -30,6 +31,7 @@ use crate::virtio::{EventLoop, VirtioDevices};
 use zygote_devices::legacy::Serial;
 
 pub use fork::{Fork, ForkConfig, ForkError};
+pub use pool::VmPool;
 pub use running::RunningVm;
 use serial_input::InputPump;
 pub use serial_input::SerialSource;
@@ -62,6 +64,8 @@ struct VmCore {
     gate: quiesce::Gate,
     /// Serializes pause, resume and capture between callers.
     lifecycle: Mutex<()>,
+    /// Tracks the pages written since the last snapshot, for diff snapshots.
+    dirty: Mutex<Option<(zygote_cow::WriteTracker, zygote_snapshot::SnapshotId)>>,
     /// How many children this VM has forked (names and CIDs derived for them).
     forks: std::sync::atomic::AtomicU64,
     context: Arc<KvmContext>,
@@ -144,6 +148,31 @@ impl Vm {
         ram: GuestRam,
         config: RestoreConfig,
     ) -> Result<Self, Error> {
+        Self::restore_checked(state, ram, config, false)
+    }
+
+    /// [`Vm::restore`]; with `check_cpuid`, a state from elsewhere (a file) is first compared
+    /// with what this host gives a vCPU, and refused with [`RestoreError::CpuidMismatch`] if
+    /// it needs a feature the host lacks.
+    pub(crate) fn restore_checked(
+        state: &MachineState,
+        ram: GuestRam,
+        config: RestoreConfig,
+        check_cpuid: bool,
+    ) -> Result<Self, Error> {
+        Self::restore_into(state, ram, config, check_cpuid, None, Vec::new())
+    }
+
+    /// [`Vm::restore_checked`], into a pre-created VM (`shell`, whose slots point at `ram`)
+    /// when one is given.
+    pub(crate) fn restore_into(
+        state: &MachineState,
+        ram: GuestRam,
+        config: RestoreConfig,
+        check_cpuid: bool,
+        shell: Option<pool::Shell>,
+        forked_blocks: Vec<zygote_devices::virtio::block::Block>,
+    ) -> Result<Self, Error> {
         if ram.size() != state.memory_bytes {
             return Err(RestoreError::Invalid("the memory size differs from the saved one").into());
         }
@@ -154,12 +183,32 @@ impl Vm {
             Some(context) => context,
             None => KvmContext::new()?,
         };
-        let mut machine = machine::Machine::new(
-            context,
-            ram,
-            config.serial_output,
-            Some(&state.devices.serial),
-        )?;
+        let (mut machine, mut made) = match shell {
+            Some(mut shell) => {
+                let vcpus = std::mem::take(&mut shell.vcpus);
+                let vm_fd = shell
+                    .vm_fd
+                    .take()
+                    .ok_or(RestoreError::Invalid("a pooled VM was used twice"))?;
+                let machine = machine::Machine::over(
+                    context,
+                    vm_fd,
+                    ram,
+                    config.serial_output,
+                    Some(&state.devices.serial),
+                )?;
+                (machine, vcpus.into_iter())
+            }
+            None => {
+                let machine = machine::Machine::new(
+                    context,
+                    ram,
+                    config.serial_output,
+                    Some(&state.devices.serial),
+                )?;
+                (machine, Vec::new().into_iter())
+            }
+        };
         state
             .vm
             .restore(machine.kvm.vm_fd())
@@ -174,6 +223,7 @@ impl Vm {
             &memory,
             &mut machine.virtio,
             &mut created,
+            forked_blocks,
         )
         .map_err(RestoreError::from)?;
         let mut vcpus = Vec::with_capacity(state.vcpus.len());
@@ -181,7 +231,14 @@ impl Vm {
             if usize::from(saved.index) != index {
                 return Err(RestoreError::Invalid("vCPUs are not saved in index order").into());
             }
-            let vcpu = Vcpu::create(machine.kvm.vm_fd(), saved.index)?;
+            let vcpu = match made.next() {
+                Some(vcpu) => vcpu,
+                None => Vcpu::create(machine.kvm.vm_fd(), saved.index)?,
+            };
+            if check_cpuid {
+                let count = state.vcpus.len() as u8;
+                machine::check_cpuid(&machine.context, &vcpu.fd, saved, count)?;
+            }
             saved.restore(&vcpu.fd).map_err(RestoreError::from)?;
             vcpus.push(vcpu);
         }

@@ -163,6 +163,26 @@ impl RunningVm {
         })
     }
 
+    /// How much of the guest's memory is this VM's own and how much it shares with others
+    /// (its parent and siblings after a fork, other restores of a snapshot), in bytes, from
+    /// the kernel's page tables (`PAGEMAP_SCAN`). A VM that writes its own memfd directly
+    /// (never forked) owns every page it has touched.
+    ///
+    /// # Errors
+    /// [`zygote_cow::CowError::Scan`] on a kernel without `PAGEMAP_SCAN`.
+    pub fn memory_usage(&self) -> Result<zygote_cow::MemoryUsage, zygote_cow::CowError> {
+        let ram = self.ram();
+        let usage = zygote_cow::usage(ram.host_addr() as u64, ram.size())?;
+        if ram.is_shared() {
+            // Its memfd's pages are file pages, but no one else maps them.
+            return Ok(zygote_cow::MemoryUsage {
+                private_bytes: usage.private_bytes + usage.shared_bytes,
+                shared_bytes: 0,
+            });
+        }
+        Ok(usage)
+    }
+
     /// The guest's RAM and the memfd behind it.
     pub fn ram(&self) -> &GuestRam {
         self.core.kvm.ram()
@@ -171,6 +191,14 @@ impl RunningVm {
     /// The KVM context the VM was made with (share it with the VMs restored from this one).
     pub fn context(&self) -> &Arc<KvmContext> {
         &self.core.context
+    }
+
+    /// The write tracker behind diff snapshots, and the snapshot it counts from.
+    pub(crate) fn dirty_tracking(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<(zygote_cow::WriteTracker, zygote_snapshot::SnapshotId)>>
+    {
+        self.core.dirty.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lifecycle(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -3,7 +3,9 @@
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-use virtio_queue::Queue;
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{Queue, QueueT};
 
 use super::muxer::Muxer;
 use super::packet::{read_packet, PacketError, HEADER_LEN, MAX_PAYLOAD};
@@ -62,6 +64,12 @@ pub struct Vsock {
     tx_throttled: bool,
     /// A restored device owes the driver a `TRANSPORT_RESET` event (see [`Vsock::restore`]).
     pub(super) transport_reset_pending: bool,
+    /// A `TRANSPORT_RESET` went to the driver, which has not yet shown it handled it: the
+    /// event queue's avail index when the event was written. The driver shows it by posting
+    /// an event buffer again (the index moves; Linux and Zygote's guest both do so right after
+    /// handling an event). Until then nothing is delivered on the receive queue: a host
+    /// connection's REQUEST that reached the driver before the event would be wiped by it.
+    reset_unacked: Option<std::num::Wrapping<u16>>,
 }
 
 impl Vsock {
@@ -85,6 +93,7 @@ impl Vsock {
             more_rx: false,
             tx_throttled: false,
             transport_reset_pending: false,
+            reset_unacked: None,
         })
     }
 
@@ -149,6 +158,9 @@ impl Vsock {
     /// Fills the guest's rx buffers with packets for it, as long as both last and at most a
     /// queue's worth of buffers.
     fn fill_rx(&mut self) {
+        if !self.reset_handled() {
+            return;
+        }
         let Some(active) = self.active.as_mut() else {
             return;
         };
@@ -196,6 +208,29 @@ impl Vsock {
         self.more_rx = pass.finish(queue, mem, interrupt);
     }
 
+    /// Whether the driver has handled the last `TRANSPORT_RESET` (see `reset_unacked`).
+    fn reset_handled(&mut self) -> bool {
+        let Some(at) = self.reset_unacked else {
+            return true;
+        };
+        let Some(active) = self.active.as_ref() else {
+            return true;
+        };
+        let queue = &active.queues[EVENT];
+        match queue.avail_idx(&active.memory, Ordering::Acquire) {
+            Ok(now) if now != at => {
+                self.reset_unacked = None;
+                true
+            }
+            // A ring the device cannot read any more holds nothing back.
+            Err(_) => {
+                self.reset_unacked = None;
+                true
+            }
+            Ok(_) => false,
+        }
+    }
+
     /// Writes the `TRANSPORT_RESET` event a restored device owes into the first usable event
     /// buffer, and interrupts. Without a buffer yet it waits for the driver to post one.
     fn send_transport_reset(&mut self) {
@@ -220,6 +255,7 @@ impl Vsock {
             };
             if written > 0 {
                 self.transport_reset_pending = false;
+                self.reset_unacked = queue.avail_idx(mem, Ordering::Acquire).ok();
             }
             if !pass.add_used(queue, mem, interrupt, head, written) || written > 0 {
                 break;
@@ -262,6 +298,7 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.active = None;
+        self.reset_unacked = None;
         self.muxer.reset_all();
         self.more_tx = false;
         self.more_rx = false;

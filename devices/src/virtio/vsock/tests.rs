@@ -380,6 +380,37 @@ fn a_restored_device_sends_transport_reset_on_its_event_queue() {
     assert_eq!(rig.dev.device().connection_count(), 0);
 }
 
+/// A host connection made right after a restore must not reach the driver before the
+/// TRANSPORT_RESET does its work, or the reset wipes the new connection: the device holds the
+/// receive queue until the driver has handled the event (posted the buffer again, notified).
+#[test]
+fn a_host_connection_after_a_restore_waits_until_the_driver_handled_the_reset() {
+    let (mut rig, path) = rig("transport-reset-hold");
+    let addr = rig.post_event_buffer(8);
+    notify(&mut rig.dev, 2);
+    let (mut rig, _line) = restore(rig, &path);
+    assert_eq!(rig.event(addr), Some((4, 0)));
+    let mut host = UnixStream::connect(&path).unwrap();
+    host.write_all(b"CONNECT 9\n").unwrap();
+    let buf = rig.arena.alloc(4096);
+    rig.rx.add_chain(&rig.mem, &[Desc::writable(buf, 4096)]);
+    notify(&mut rig.dev, 0);
+    for _ in 0..20 {
+        rig.dev.device_mut().process_backend();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        rig.rx.next_used(&rig.mem).is_none(),
+        "the REQUEST reached the driver before it handled the reset"
+    );
+    // The driver handles the event and posts its buffer again.
+    rig.post_event_buffer(8);
+    notify(&mut rig.dev, 2);
+    let (request, _) = rig.recv(buf);
+    assert_eq!(request.op(), Some(Op::Request));
+    assert_eq!(request.dst_port, 9);
+}
+
 #[test]
 fn a_restored_device_without_event_buffers_sends_the_reset_when_one_is_posted() {
     let (rig, path) = rig("transport-reset-late");
