@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use zygote_cow::{dirty_runs, CowMapping, Layer, PageRun, View, PAGE_SIZE};
 use zygote_devices::virtio::block::Block;
 
-use super::{RestoreConfig, RunningVm, SerialSource, Vm, VmPool};
+use super::{RestoreConfig, RestoreExtras, RunningVm, SerialSource, Vm, VmPool};
 use crate::arch::identity;
 use crate::console::SerialOutput;
 use crate::devices::{NetConfig, VsockConfig};
@@ -213,7 +213,12 @@ impl RunningVm {
             serial_input: config.serial_input,
             devices,
         };
-        let vm = Vm::restore_into(state, ram, restore, false, shell, disks).map_err(child_error)?;
+        let extras = RestoreExtras {
+            shell,
+            forked_blocks: disks,
+            ..Default::default()
+        };
+        let vm = Vm::restore_into(state, ram, restore, extras).map_err(child_error)?;
         vm.core.forks.store(0, std::sync::atomic::Ordering::Relaxed);
         vm.start().map_err(child_error)
     }

@@ -72,6 +72,20 @@ struct VmCore {
     kvm: KvmVm,
 }
 
+/// What a restore from a file or a fork adds to [`Vm::restore`].
+#[derive(Default)]
+pub(crate) struct RestoreExtras {
+    /// Compare the saved CPUID with what this host gives (a state from elsewhere), refusing
+    /// it with [`RestoreError::CpuidMismatch`] if it needs a feature the host lacks.
+    pub(crate) check_cpuid: bool,
+    /// A pre-created VM whose slots already point at the RAM (a pool's).
+    pub(crate) shell: Option<pool::Shell>,
+    /// The child's disks, forked from the parent's, in order.
+    pub(crate) forked_blocks: Vec<zygote_devices::virtio::block::Block>,
+    /// Each saved disk's overlay, from a snapshot.
+    pub(crate) overlays: Vec<Option<zygote_devices::virtio::block::OverlayState>>,
+}
+
 /// What a restored VM gets from its host instead of from the saved state.
 #[derive(Default)]
 pub struct RestoreConfig {
@@ -148,31 +162,22 @@ impl Vm {
         ram: GuestRam,
         config: RestoreConfig,
     ) -> Result<Self, Error> {
-        Self::restore_checked(state, ram, config, false)
+        Self::restore_into(state, ram, config, RestoreExtras::default())
     }
 
-    /// [`Vm::restore`]; with `check_cpuid`, a state from elsewhere (a file) is first compared
-    /// with what this host gives a vCPU, and refused with [`RestoreError::CpuidMismatch`] if
-    /// it needs a feature the host lacks.
-    pub(crate) fn restore_checked(
-        state: &MachineState,
-        ram: GuestRam,
-        config: RestoreConfig,
-        check_cpuid: bool,
-    ) -> Result<Self, Error> {
-        Self::restore_into(state, ram, config, check_cpuid, None, Vec::new())
-    }
-
-    /// [`Vm::restore_checked`], into a pre-created VM (`shell`, whose slots point at `ram`)
-    /// when one is given.
+    /// [`Vm::restore`] with what a snapshot file or a fork adds (see [`RestoreExtras`]).
     pub(crate) fn restore_into(
         state: &MachineState,
         ram: GuestRam,
         config: RestoreConfig,
-        check_cpuid: bool,
-        shell: Option<pool::Shell>,
-        forked_blocks: Vec<zygote_devices::virtio::block::Block>,
+        extras: RestoreExtras,
     ) -> Result<Self, Error> {
+        let RestoreExtras {
+            check_cpuid,
+            shell,
+            forked_blocks,
+            overlays,
+        } = extras;
         if ram.size() != state.memory_bytes {
             return Err(RestoreError::Invalid("the memory size differs from the saved one").into());
         }
@@ -215,17 +220,19 @@ impl Vm {
             .map_err(RestoreError::from)?;
         let memory = machine.kvm.ram().memory().clone();
         let mut created = CreatedFiles::default();
-        let handles = state::restore_virtio(
-            &state.devices,
-            config.devices,
-            machine.kvm.vm_fd(),
-            &mut machine.mmio,
-            &memory,
-            &mut machine.virtio,
-            &mut created,
-            forked_blocks,
-        )
-        .map_err(RestoreError::from)?;
+        let disks = state::Disks {
+            created: &mut created,
+            forked: forked_blocks,
+            overlays: &overlays,
+        };
+        let mut place = state::Placement {
+            vm: machine.kvm.vm_fd(),
+            mmio: &mut machine.mmio,
+            memory: &memory,
+            virtio: &mut machine.virtio,
+        };
+        let handles = state::restore_virtio(&state.devices, config.devices, disks, &mut place)
+            .map_err(RestoreError::from)?;
         let mut vcpus = Vec::with_capacity(state.vcpus.len());
         for (index, saved) in state.vcpus.iter().enumerate() {
             if usize::from(saved.index) != index {

@@ -183,6 +183,11 @@ impl RunningVm {
         Ok(usage)
     }
 
+    /// The VM's device handles (snapshot code reads the disks' overlays through them).
+    pub(crate) fn core_devices(&self) -> &crate::devices::DeviceHandles {
+        &self.core.devices
+    }
+
     /// The guest's RAM and the memfd behind it.
     pub fn ram(&self) -> &GuestRam {
         self.core.kvm.ram()
