@@ -18,15 +18,15 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use zygote_snapshot::memory::{compressed, raw};
 use zygote_snapshot::{
-    EngineError, ImageError, MemoryEngine, MemoryLayout, PageSource, RamRange, SectionId,
-    SnapshotId, StateFile, StateFileError, StateFileWriter, WriteError,
+    EngineError, EngineStats, ImageError, MemoryEngine, MemoryLayout, PageSource, RamRange,
+    RestoredMemory, SectionId, SnapshotId, StateFile, StateFileError, StateFileWriter, WriteError,
 };
 
 use crate::arch::layout::ram_regions;
 use crate::control::VmControl;
 use crate::error::Error;
 use crate::exit::ExitReason;
-use crate::memory::GuestRam;
+use crate::memory::{ExternalMemory, GuestRam};
 use crate::state::{CaptureError, MachineState, VcpuState, VmArchState};
 use crate::vm::{RestoreConfig, RunningVm, Vm};
 
@@ -365,6 +365,14 @@ impl Vm {
             .map_err(|e| LoadError::Restore(Box::new(e)))?;
         relay.attach(vm.control());
         Ok(vm)
+    }
+}
+
+/// A restored VM's memory stays alive, and its engine's counters readable, through the RAM.
+impl ExternalMemory for Mutex<RestoredMemory> {
+    fn engine_stats(&self) -> Option<EngineStats> {
+        let restored = self.lock().unwrap_or_else(|p| p.into_inner());
+        restored.service.as_ref().map(|service| service.stats())
     }
 }
 
