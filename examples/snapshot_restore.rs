@@ -84,7 +84,7 @@ fn run(memory_mib: u64, dir: &Path) -> Result<()> {
     println!(
         "guest_mib={memory_mib} working_set_mib={} snapshot_data_mib={} snapshot_ms={snapshot_ms}",
         want.len >> 20,
-        info.data_pages * PAGE_SIZE >> 20
+        (info.data_pages * PAGE_SIZE) >> 20
     );
     let snapshot = Snapshot::load(&snap_dir)?;
     let working_set = dir.join("working-set");
@@ -193,7 +193,7 @@ fn restore_once(
     let figures = Figures {
         restore_us,
         ready_us,
-        touched_mib: touched_pages * PAGE_SIZE >> 20,
+        touched_mib: (touched_pages * PAGE_SIZE) >> 20,
         faults: stats.map_or(0, |s| s.faults),
     };
     Ok((figures, vm))
