@@ -12,6 +12,8 @@
 //! - `restore_<mib>/<engine>`: `Vm::restore_snapshot` until `start()` returned; floor
 //!   `floor_vm_create`: a bare KVM VM with irqchip, PIT, memory slot and one vCPU with its
 //!   state (`zygote_benches::create_vm_with_irqchip`, `/dev/kvm` already open).
+//! - `ready_<mib>/<engine>`: from calling `Vm::restore_snapshot` until the restored agent
+//!   answered its first ping (a new vsock connection; restored connections are reset).
 //! - `touch_<mib>/<engine>`: after a restore and a first ping, the guest checksumming its
 //!   working set (every page faulted in through the engine); floor `warm`: the same checksum
 //!   again on a VM whose working set is already in (the guest's own reading time).
@@ -305,6 +307,28 @@ fn restores(c: &mut Criterion, g: &Guest) {
     group.finish();
 }
 
+fn readiness(c: &mut Criterion, g: &Guest) {
+    let mut group = c.benchmark_group(format!("ready_{}", g.mib));
+    configure(&mut group, Duration::from_millis(100));
+    for name in ENGINES {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut engine = engine(name, g);
+                    let started = Instant::now();
+                    let vm = restore(g, engine.as_mut());
+                    vm.agent().expect("agent").ping().expect("ping");
+                    total += started.elapsed();
+                    retire(vm);
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
 fn touches(c: &mut Criterion, g: &Guest) {
     let mut group = c.benchmark_group(format!("touch_{}", g.mib));
     configure(&mut group, Duration::from_millis(300));
@@ -461,6 +485,7 @@ fn snapshot_benches(c: &mut Criterion) {
         );
         snapshots(c, &g);
         restores(c, &g);
+        readiness(c, &g);
         touches(c, &g);
         faults(c, &g);
         let dir = g.dir.clone();

@@ -83,7 +83,6 @@ fn run(memory_mib: u64, dir: &Path) -> Result<()> {
     let started = Instant::now();
     let info = vm.snapshot(&snap_dir, MemoryFormat::Raw)?;
     let snapshot_ms = started.elapsed().as_millis();
-    drop(vm);
     println!(
         "guest_mib={memory_mib} working_set_mib={} snapshot_data_mib={} snapshot_ms={snapshot_ms}",
         want.len >> 20,
@@ -92,10 +91,10 @@ fn run(memory_mib: u64, dir: &Path) -> Result<()> {
     let snapshot = Snapshot::load(&snap_dir)?;
     let working_set = dir.join("working-set");
     let mut lines = Vec::new();
-    // Stopped VMs are dropped only at the end: dropping one tears its KVM VM down on a
-    // background thread (about 20 ms of kernel work), which would land inside the next
-    // measurement on this two-core machine.
-    let mut stopped = Vec::new();
+    // The paused parent and the stopped VMs are dropped only at the end: dropping one tears
+    // its KVM VM down on a background thread (about 20 ms of kernel work, plus unmapping),
+    // which would land inside the next measurement on this two-core machine.
+    let mut stopped = vec![vm];
     for name in ["eager", "mmap", "uffd", "prefetch"] {
         let mut engine: Box<dyn MemoryEngine> = match name {
             "eager" => Box::new(EagerEngine::new()),
