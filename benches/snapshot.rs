@@ -93,6 +93,10 @@ fn prepare(mib: u64) -> Guest {
         .expect("agent")
         .touch(ws_mib, 0x5eed)
         .expect("touch");
+    // Let the guest finish closing that connection first: a restored guest still holding a
+    // closing connection refuses the first host connection (whose host port the restored
+    // device hands out again), sometimes only after the device's 5 s response timeout.
+    std::thread::sleep(Duration::from_secs(3));
     vm.pause().expect("pause");
     let raw = dir.join("raw");
     let info = vm.snapshot(&raw, MemoryFormat::Raw).expect("snapshot");

@@ -152,6 +152,11 @@ fn prepared(
     let mib = u32::try_from((memory_mib / 10).max(1))?;
     let (addr, sum) = agent.touch(mib, PATTERN)?;
     drop(agent);
+    // Let the guest finish closing this connection before the snapshot: a restored guest
+    // still holding a closing connection refuses (or leaves unanswered for the device's 5 s
+    // response timeout) the first host connection, whose host port the restored device hands
+    // out again. The guest's close waits at most 2 s for the host's answer.
+    std::thread::sleep(Duration::from_secs(3));
     vm.pause()?;
     let len = u64::from(mib) << 20;
     Ok((vm, Expected { addr, len, sum }))
