@@ -34,7 +34,7 @@ pub use devices::{
 };
 pub use error::{Error, KvmError};
 pub use exit::{ExitReason, GuestFault};
-pub use memory::{GuestRam, MemoryError};
+pub use memory::{ExternalMemory, GuestRam, MemoryError};
 pub use snapshot::{LoadError, MemoryFormat, Snapshot, SnapshotError, SnapshotInfo};
 pub use virtio::{EventLoopError, VirtioError, MAX_DEVICES};
 /// The snapshot crate: memory engines and formats, for programs that write their own engine.
