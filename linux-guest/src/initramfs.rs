@@ -176,6 +176,39 @@ impl Initramfs {
         self.write_entries(&mut out, &write_error)
     }
 
+    /// Writes the same tree into the host directory `root` (created if missing): directories,
+    /// files and symlinks with their modes, for tools that take a directory, like
+    /// `mkfs.ext4 -d`. Existing files are overwritten; an existing symlink path is an error.
+    ///
+    /// # Errors
+    /// As [`Initramfs::write_to`], the failed write naming the host path.
+    pub fn write_dir(&self, root: &Path) -> Result<(), InitramfsError> {
+        let entries = self.with_parents()?;
+        create_dir(root)?;
+        for (path, entry) in &entries {
+            let host = root.join(path);
+            match &entry.content {
+                Content::Dir => create_dir(&host)?,
+                Content::Symlink(target) => std::os::unix::fs::symlink(target, &host)
+                    .map_err(|source| host_write_error(&host, source))?,
+                Content::Bytes(_) | Content::HostFile(_) => {
+                    let data = entry_data(path, entry)?;
+                    std::fs::write(&host, &data)
+                        .map_err(|source| host_write_error(&host, source))?;
+                    set_mode(&host, entry.mode)?;
+                }
+            }
+        }
+        // Directory modes last, so a read-only directory (`/proc`, 0555) was still writable
+        // while its entries were added.
+        for (path, entry) in entries.iter().rev() {
+            if matches!(entry.content, Content::Dir) {
+                set_mode(&root.join(path), entry.mode)?;
+            }
+        }
+        Ok(())
+    }
+
     fn write_entries(
         &self,
         out: &mut dyn Write,
@@ -216,6 +249,24 @@ impl Initramfs {
         }
         Ok(all)
     }
+}
+
+fn host_write_error(path: &Path, source: io::Error) -> InitramfsError {
+    InitramfsError::Write {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates `dir` (and its parents) unless it exists.
+fn create_dir(dir: &Path) -> Result<(), InitramfsError> {
+    std::fs::create_dir_all(dir).map_err(|source| host_write_error(dir, source))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), InitramfsError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|source| host_write_error(path, source))
 }
 
 /// `a/b/c` for `/a/b/c` or `a/b/c`; `None` for an empty path or one with `.`, `..` or empty

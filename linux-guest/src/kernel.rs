@@ -42,9 +42,20 @@ pub enum LinuxGuestError {
         /// Where the build for the current inputs belongs.
         dir: PathBuf,
     },
-    /// An initramfs could not be written.
+    /// An initramfs (or a disk image's tree) could not be written.
     #[error(transparent)]
     Initramfs(#[from] InitramfsError),
+    /// `mkfs.ext4` could not be started (Debian package `e2fsprogs`; `./dev` installs it).
+    #[error("cannot run mkfs.ext4 (install e2fsprogs): {0}")]
+    RunMkfs(#[source] std::io::Error),
+    /// `mkfs.ext4` failed.
+    #[error("mkfs.ext4 failed ({status}): {stderr}")]
+    Mkfs {
+        /// Its exit status.
+        status: ExitStatus,
+        /// What it printed on stderr.
+        stderr: String,
+    },
 }
 
 /// The kernel images of one cached build.

@@ -6,7 +6,8 @@
 //!   `linux-guest/kernel/` (`./dev` runs the script when the cache is missing).
 //! - [`CMDLINE`] is the command line that kernel needs on a host whose KVM emulates CPL0.
 //! - [`Initramfs`] writes an uncompressed `newc` cpio archive; [`busybox_initramfs`] starts one
-//!   from Debian's static busybox with a given `/init` script.
+//!   from Debian's static busybox with a given `/init` script; [`ext4_image`] puts the same
+//!   tree on an ext4 disk image for a root on virtio-blk.
 //!
 //! ```no_run
 //! use zygote_linux_guest::{busybox_initramfs, kernel, CMDLINE};
@@ -21,11 +22,13 @@
 
 mod busybox;
 mod cmdline;
+mod disk;
 mod initramfs;
 mod kernel;
 
 pub use busybox::{busybox_initramfs, BUSYBOX_APPLETS, BUSYBOX_PATH};
 pub use cmdline::CMDLINE;
+pub use disk::ext4_image;
 pub use initramfs::{Initramfs, InitramfsError};
 pub use kernel::{
     build_script, kernel, kernel_cache_dir, KernelArtifacts, LinuxGuestError, CACHE_ENV,
