@@ -1,5 +1,5 @@
-//! Loading a kernel for the Linux x86_64 64-bit boot protocol: the ELF image, its command
-//! line, an optional initrd, and the zero page that describes them.
+//! Loading a kernel for the Linux x86_64 64-bit boot protocol: the ELF image or a bzImage
+//! (`bzimage`), its command line, an optional initrd, and the zero page that describes them.
 
 use std::fs::File;
 use std::io::{Read, Seek};
@@ -12,6 +12,8 @@ use crate::arch::boot_params::{self, BootInputs, BootParamsError};
 use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MMIO_GAP_START};
 use crate::arch::mptable::{self, MpTableError};
 
+pub(crate) mod bzimage;
+
 const PAGE_SIZE: u64 = 4096;
 
 /// Errors from loading the kernel and its boot data into guest memory.
@@ -20,6 +22,12 @@ pub enum BootError {
     /// The ELF image could not be loaded (bad headers, segments outside memory).
     #[error("cannot load the kernel ELF image: {0}")]
     LoadKernel(#[source] linux_loader::loader::Error),
+    /// The kernel image could not be read to tell ELF from bzImage.
+    #[error("cannot read the kernel image: {0}")]
+    ReadKernel(#[source] std::io::Error),
+    /// The bzImage could not be loaded.
+    #[error(transparent)]
+    BzImage(#[from] bzimage::BzImageError),
     /// The command line is not one the boot protocol accepts.
     #[error("invalid kernel command line: {0}")]
     Cmdline(#[source] linux_loader::cmdline::Error),
@@ -59,19 +67,27 @@ pub fn load<K: Read + Seek + ReadVolatile>(
     cmdline: &str,
     initrd: Option<&mut File>,
 ) -> Result<GuestAddress, BootError> {
-    let loaded = Elf::load(mem, None, kernel, Some(HIMEM_START)).map_err(BootError::LoadKernel)?;
+    let loaded = if bzimage::is_bzimage(kernel).map_err(BootError::ReadKernel)? {
+        let image = bzimage::load(mem, kernel)?;
+        (image.entry, image.kernel_end, Some(image.setup_header))
+    } else {
+        let elf = Elf::load(mem, None, kernel, Some(HIMEM_START)).map_err(BootError::LoadKernel)?;
+        (elf.kernel_load, elf.kernel_end, None)
+    };
+    let (entry, kernel_end, setup_header) = loaded;
     let cmdline_size = write_cmdline(mem, cmdline)?;
     let initrd = initrd
-        .map(|file| load_initrd(mem, mem_size, loaded.kernel_end, file))
+        .map(|file| load_initrd(mem, mem_size, kernel_end, file))
         .transpose()?;
     let inputs = BootInputs {
         cmdline_addr: CMDLINE_START,
         cmdline_size,
         initrd,
+        setup_header,
     };
     boot_params::write(mem, &boot_params::build(mem_size, &inputs)?)?;
     mptable::write(mem, vcpus)?;
-    Ok(loaded.kernel_load)
+    Ok(entry)
 }
 
 /// Writes the command line and returns its size including the NUL.

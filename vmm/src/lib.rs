@@ -28,7 +28,7 @@ pub use devices::{
     NetStatsSnapshot, PacketEndpoint, VsockConfig,
 };
 pub use error::{Error, KvmError};
-pub use exit::{ExitReason, GuestFault};
+pub use exit::{ExitReason, GuestFault, KVM_INTERNAL_ERROR_EMULATION};
 pub use memory::{GuestRam, MemoryError};
 pub use virtio::{EventLoopError, VirtioError, MAX_DEVICES};
 pub use vm::{RunningVm, SerialSource, Vm};
