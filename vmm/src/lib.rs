@@ -15,6 +15,7 @@ mod devices;
 mod error;
 mod exit;
 mod memory;
+pub mod sandbox;
 pub mod vcpu;
 mod virtio;
 mod vm;
