@@ -36,8 +36,13 @@ pub(crate) fn touch(mib: u32, pattern: u64) -> Response<'static> {
 }
 
 /// Reads `len` raw bytes, then answers their checksum.
-pub(crate) fn sink(conn: &mut (impl Read + Write), out: &mut Vec<u8>, len: u64) -> io::Result<()> {
-    let mut buf = vec![0u8; CHUNK];
+pub(crate) fn sink(
+    conn: &mut (impl Read + Write),
+    out: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
+    len: u64,
+) -> io::Result<()> {
+    buf.resize(buf.len().max(CHUNK), 0);
     let mut checksum = StreamChecksum::new();
     let mut left = len;
     while left > 0 {
@@ -63,11 +68,12 @@ pub(crate) fn sink(conn: &mut (impl Read + Write), out: &mut Vec<u8>, len: u64) 
 pub(crate) fn source(
     conn: &mut impl Write,
     out: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
     len: u64,
     seed: u64,
 ) -> io::Result<()> {
     send(conn, out, &Response::Sourcing { len })?;
-    let mut buf = vec![0u8; CHUNK];
+    buf.resize(buf.len().max(CHUNK), 0);
     let mut at = 0u64;
     while at < len {
         let n = (len - at).min(CHUNK as u64) as usize;

@@ -95,6 +95,7 @@ pub(crate) fn run(
     children: &Children,
     conn: &mut impl Write,
     out: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
     request: &Exec<'_>,
 ) -> io::Result<()> {
     let mut command = match build(request) {
@@ -106,7 +107,8 @@ pub(crate) fn run(
         Err(error) => return send(conn, out, &Response::Error(errno::code(&error))),
     };
     let pid = child.id();
-    let result = Running::new(&mut child, request).stream(conn, out);
+    buf.resize(buf.len().max(OUTPUT_CHUNK), 0);
+    let result = Running::new(&mut child, request, buf).stream(conn, out);
     if result.is_err() {
         // The host is gone: nobody will read the output.
         let _ = kill_group(pid, libc::SIGKILL);
@@ -148,7 +150,7 @@ fn build(request: &Exec<'_>) -> Result<Command, ErrorCode> {
 }
 
 /// A started program and what is left to move.
-struct Running<'c, 'r> {
+struct Running<'c, 'r, 'b> {
     child: &'c mut Child,
     stdin: Option<ChildStdin>,
     stdin_left: &'r [u8],
@@ -156,11 +158,11 @@ struct Running<'c, 'r> {
     stderr: Option<ChildStderr>,
     deadline: Option<Instant>,
     timed_out: bool,
-    buf: Vec<u8>,
+    buf: &'b mut [u8],
 }
 
-impl<'c, 'r> Running<'c, 'r> {
-    fn new(child: &'c mut Child, request: &Exec<'r>) -> Self {
+impl<'c, 'r, 'b> Running<'c, 'r, 'b> {
+    fn new(child: &'c mut Child, request: &Exec<'r>, buf: &'b mut [u8]) -> Self {
         let deadline = (request.timeout_ms > 0)
             .then(|| Instant::now() + Duration::from_millis(u64::from(request.timeout_ms)));
         Running {
@@ -171,7 +173,7 @@ impl<'c, 'r> Running<'c, 'r> {
             stdin_left: request.stdin,
             deadline,
             timed_out: false,
-            buf: vec![0u8; OUTPUT_CHUNK],
+            buf,
         }
     }
 
@@ -246,25 +248,13 @@ impl<'c, 'r> Running<'c, 'r> {
             self.feed_stdin();
         }
         if ready[1] {
-            let done = forward(
-                &mut self.stdout,
-                &mut self.buf,
-                OutputStream::Stdout,
-                conn,
-                out,
-            )?;
+            let done = forward(&mut self.stdout, self.buf, OutputStream::Stdout, conn, out)?;
             if done {
                 self.stdout = None;
             }
         }
         if ready[2] {
-            let done = forward(
-                &mut self.stderr,
-                &mut self.buf,
-                OutputStream::Stderr,
-                conn,
-                out,
-            )?;
+            let done = forward(&mut self.stderr, self.buf, OutputStream::Stderr, conn, out)?;
             if done {
                 self.stderr = None;
             }
@@ -293,10 +283,10 @@ impl<'c, 'r> Running<'c, 'r> {
     /// (something it started may hold them open).
     fn drain(&mut self, conn: &mut impl Write, out: &mut Vec<u8>) -> io::Result<()> {
         if let Some(pipe) = self.stdout.as_mut() {
-            drain_pipe(pipe, &mut self.buf, OutputStream::Stdout, conn, out)?;
+            drain_pipe(pipe, self.buf, OutputStream::Stdout, conn, out)?;
         }
         if let Some(pipe) = self.stderr.as_mut() {
-            drain_pipe(pipe, &mut self.buf, OutputStream::Stderr, conn, out)?;
+            drain_pipe(pipe, self.buf, OutputStream::Stderr, conn, out)?;
         }
         Ok(())
     }

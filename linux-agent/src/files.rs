@@ -21,10 +21,11 @@ const MAX_ENTRIES: usize = MAX_FRAME - 16;
 pub(crate) fn handle(
     conn: &mut impl Write,
     out: &mut Vec<u8>,
+    data: &mut Vec<u8>,
     request: &Request<'_>,
 ) -> io::Result<()> {
-    let mut data = Vec::new();
-    let response = match execute(request, &mut data) {
+    data.clear();
+    let response = match execute(request, data) {
         Ok(response) => response,
         Err(error) => Response::Error(errno::code(&error)),
     };
@@ -97,6 +98,9 @@ fn execute<'d>(request: &Request<'_>, data: &'d mut Vec<u8>) -> io::Result<Respo
 
 /// Reads up to `len` bytes at `offset` into `data`: fewer only at the end of the file.
 fn read_at(file: &File, offset: u64, len: usize, data: &mut Vec<u8>) -> io::Result<()> {
+    // Room for what the file holds, not for all a request may ask (a fresh page is a fault).
+    let size = file.metadata().map_or(u64::MAX, |m| m.len());
+    let len = len.min(usize::try_from(size.saturating_sub(offset)).unwrap_or(usize::MAX));
     data.resize(len, 0);
     let mut got = 0;
     while got < len {

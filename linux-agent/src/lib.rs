@@ -36,6 +36,24 @@ pub use ports::listening_ports;
 pub use session::{serve, Agent};
 pub use zygote_guest_proto::agent::AGENT_PORT;
 
+/// The line the agent prints on its stdout (the guest's console, as PID 1) once it listens;
+/// the port number follows it.
+pub const READY_LINE: &str = "zygote-linux-agent: ready";
+
+/// Where [`initramfs`] installs the agent: `/init`, so it is the guest's PID 1.
+pub const GUEST_PATH: &str = "/init";
+
+/// A Linux guest's initramfs with the agent as `/init` (PID 1, see the crate docs) beside
+/// Debian's static busybox and its applets in `/bin` (`zygote_linux_guest::busybox_initramfs`),
+/// for [`zygote_linux_guest::CMDLINE`] (`rdinit=/init`). Add files with its methods, then
+/// `write_to` a path to give the VM as its initrd.
+#[cfg(not(target_env = "musl"))]
+pub fn initramfs() -> zygote_linux_guest::Initramfs {
+    let mut initramfs = zygote_linux_guest::busybox_initramfs("");
+    initramfs.host_file(GUEST_PATH, binary_path(), 0o755);
+    initramfs
+}
+
 /// Path of the agent built for `x86_64-unknown-linux-musl` by this crate's build script: a
 /// static program to install in a guest's initramfs (as `/init`, or started by it).
 #[cfg(not(target_env = "musl"))]

@@ -6,10 +6,7 @@ mod vsock;
 
 use std::sync::Arc;
 
-use zygote_linux_agent::{serve, Agent, AGENT_PORT};
-
-/// The line printed once the agent listens (on the console, when the agent is PID 1).
-const READY: &str = "zygote-linux-agent: ready";
+use zygote_linux_agent::{serve, Agent, AGENT_PORT, READY_LINE};
 
 fn main() {
     let agent = Arc::new(Agent::new());
@@ -23,7 +20,7 @@ fn main() {
             park_or_exit();
         }
     };
-    println!("{READY} on vsock port {AGENT_PORT}");
+    println!("{READY_LINE} on vsock port {AGENT_PORT}");
     loop {
         match listener.accept() {
             Ok(conn) => {

@@ -35,8 +35,11 @@ impl Agent {
 /// Serves requests on `conn` until the host closes it, an I/O error ends it, or it becomes a
 /// bridge and both directions end. Never panics on what the host sends.
 pub fn serve<C: Conn>(agent: &Agent, mut conn: C) {
+    // Buffers live as long as the connection: every fresh page costs a page fault, which
+    // takes milliseconds in an emulated guest kernel.
     let mut frame = Vec::new();
     let mut out = Vec::new();
+    let mut scratch = Vec::new();
     loop {
         match read_frame(&mut conn, &mut frame) {
             Ok(Incoming::Frame) => {}
@@ -72,7 +75,7 @@ pub fn serve<C: Conn>(agent: &Agent, mut conn: C) {
                 continue;
             }
         };
-        match handle(agent, &mut conn, &mut out, request) {
+        match handle(agent, &mut conn, &mut out, &mut scratch, request) {
             Ok(Next::Continue) => {}
             Ok(Next::Bridge(tcp)) => return bridge::run(conn, tcp),
             Err(_) => return,
@@ -93,6 +96,7 @@ fn handle<C: Conn>(
     agent: &Agent,
     conn: &mut C,
     out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
     request: Request<'_>,
 ) -> io::Result<Next> {
     let simple = match request {
@@ -110,12 +114,15 @@ fn handle<C: Conn>(
         ),
         Request::CounterGet => Response::Counter(agent.counter.load(Ordering::Relaxed)),
         Request::Touch { mib, pattern } => basic::touch(mib, pattern),
-        Request::Sink { len } => return basic::sink(conn, out, len).map(|()| Next::Continue),
+        Request::Sink { len } => {
+            return basic::sink(conn, out, scratch, len).map(|()| Next::Continue)
+        }
         Request::Source { len, seed } => {
-            return basic::source(conn, out, len, seed).map(|()| Next::Continue)
+            return basic::source(conn, out, scratch, len, seed).map(|()| Next::Continue)
         }
         Request::Exec(request) => {
-            return exec::run(&agent.children, conn, out, &request).map(|()| Next::Continue)
+            return exec::run(&agent.children, conn, out, scratch, &request)
+                .map(|()| Next::Continue)
         }
         Request::Signal { pid, signal } => agent.children.signal(pid, signal),
         Request::Bridge { port } => {
@@ -132,7 +139,7 @@ fn handle<C: Conn>(
         | Request::List { .. }
         | Request::Remove { .. }
         | Request::Mkdir { .. } => {
-            return files::handle(conn, out, &request).map(|()| Next::Continue)
+            return files::handle(conn, out, scratch, &request).map(|()| Next::Continue)
         }
         // Zygote's own guest serves these: guest-physical memory, its disk and NIC drivers, and
         // the VM's exit port, none of which a Linux process has.

@@ -470,3 +470,20 @@ fn the_guest_binary_is_a_static_x86_64_elf() {
     });
     assert!(!interp, "the agent asks for a dynamic loader");
 }
+
+#[test]
+fn the_initramfs_runs_the_agent_as_init_beside_busybox() {
+    let initramfs = zygote_linux_agent::initramfs();
+    let paths: Vec<&str> = initramfs.paths().collect();
+    for path in ["init", "bin/busybox", "bin/sh", "proc", "tmp"] {
+        assert!(paths.contains(&path), "{path} missing from {paths:?}");
+    }
+    let mut bytes = Vec::new();
+    initramfs.write(&mut bytes).unwrap();
+    let agent = std::fs::read(zygote_linux_agent::binary_path()).unwrap();
+    // Only /init holds these bytes.
+    let found = bytes
+        .windows(agent.len())
+        .any(|window| window[..64] == agent[..64] && window == &agent[..]);
+    assert!(found, "the agent's bytes are not in the archive");
+}

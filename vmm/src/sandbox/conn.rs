@@ -47,7 +47,9 @@ impl Connection {
                 }
                 Err(_) => {
                     std::thread::sleep(pause.min(left));
-                    pause = (pause * 2).min(Duration::from_millis(200));
+                    // Every attempt costs a booting guest an interrupt and a reset packet,
+                    // handled by emulated kernel code here: back off to a second.
+                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
             }
         }
