@@ -1,29 +1,37 @@
 //! The sandbox surface on a real Linux guest: one boot per test binary (a Linux boot takes
-//! 20-35 s here), shared by the tests, which use their own paths and ports. The guest's
-//! `reboot -f` is in `linux_reboot.rs`, since it ends the VM.
+//! 20-35 s here), shared by the tests one at a time (the guest has one vCPU whose kernel is
+//! emulated: tests in parallel would only slow each other past their timeouts). They use
+//! their own paths and ports. The guest's `reboot -f` is in `linux_reboot.rs`, since it ends
+//! the VM.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::linux::LinuxGuest;
 use zygote::sandbox::{Command, ExitStatus, FileKind, SandboxError};
 
-fn guest() -> &'static LinuxGuest {
-    static GUEST: OnceLock<LinuxGuest> = OnceLock::new();
-    GUEST.get_or_init(|| {
-        let guest = common::linux::boot("linux-agent");
-        eprintln!("boot to agent ready: {:?}", guest.boot_to_agent);
-        guest
-    })
+/// The shared guest, booted by the first test that asks, held until the test ends.
+fn guest() -> MutexGuard<'static, LinuxGuest> {
+    static GUEST: OnceLock<Mutex<LinuxGuest>> = OnceLock::new();
+    GUEST
+        .get_or_init(|| {
+            let guest = common::linux::boot("linux-agent");
+            eprintln!("boot to agent ready: {:?}", guest.boot_to_agent);
+            Mutex::new(guest)
+        })
+        .lock()
+        // A failed test leaves the guest as usable as any other test would.
+        .unwrap_or_else(PoisonError::into_inner)
 }
 
 #[test]
 fn exec_returns_output_and_exit_status() {
-    let sandbox = &guest().sandbox;
+    let guest = guest();
+    let sandbox = &guest.sandbox;
     let output = sandbox
         .exec(&Command::shell("echo hello; echo oops >&2").env("ZYGOTE", "1"))
         .unwrap();
@@ -47,7 +55,8 @@ fn exec_returns_output_and_exit_status() {
 
 #[test]
 fn a_command_past_its_timeout_is_killed() {
-    let sandbox = &guest().sandbox;
+    let guest = guest();
+    let sandbox = &guest.sandbox;
     let sleepy = Command::new("sleep")
         .arg("600")
         .timeout(Duration::from_secs(3));
@@ -61,7 +70,8 @@ fn a_command_past_its_timeout_is_killed() {
 
 #[test]
 fn a_1_mib_file_round_trips_with_a_matching_checksum() {
-    let sandbox = &guest().sandbox;
+    let guest = guest();
+    let sandbox = &guest.sandbox;
     let data: Vec<u8> = (0..1u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
         .collect();
@@ -116,7 +126,8 @@ fn a_1_mib_file_round_trips_with_a_matching_checksum() {
 
 #[test]
 fn a_guest_tcp_server_is_reached_through_a_forwarded_port() {
-    let sandbox = &guest().sandbox;
+    let guest = guest();
+    let sandbox = &guest.sandbox;
     let page = "served from the guest\n";
     sandbox.mkdir_all("/tmp/www").unwrap();
     sandbox

@@ -9,9 +9,10 @@ use zygote_guest_proto::agent::{Request, Response, AGENT_PORT, LEN_PREFIX, MAX_F
 
 use super::SandboxError;
 
-/// Longest a read or write on an agent connection waits unless an operation says otherwise
-/// (a file chunk under emulation takes well under a second).
-pub(super) const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a read or write on an agent connection waits unless an operation says otherwise.
+/// Generous: on a host that emulates the guest kernel a 256 KiB chunk takes seconds, and
+/// tens of seconds when the host is busy.
+pub(super) const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A connection to the agent with its frame buffers.
 #[derive(Debug)]
