@@ -3,12 +3,14 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
 use zygote_guest_proto::agent::{Response, LEN_PREFIX, MAX_FRAME};
 
 /// A stream the agent serves requests on: vsock in the guest, a Unix socket in host tests.
-pub trait Conn: Read + Write + Send + Sized + 'static {
+/// Its fd is polled while a command runs, to notice the host hanging up.
+pub trait Conn: Read + Write + AsRawFd + Send + Sized + 'static {
     /// A second handle on the same stream (for a bridge, which reads and writes at once).
     fn try_clone(&self) -> io::Result<Self>;
     /// `shutdown(2)`: `Write` says the agent will write no more (reading goes on), `Both`

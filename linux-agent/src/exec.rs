@@ -93,7 +93,7 @@ fn kill_group(pid: u32, signal: i32) -> io::Result<()> {
 /// Runs `request` and streams its events; only a failure to talk to the host is an `Err`.
 pub(crate) fn run(
     children: &Children,
-    conn: &mut impl Write,
+    conn: &mut (impl Write + AsRawFd),
     out: &mut Vec<u8>,
     buf: &mut Vec<u8>,
     request: &Exec<'_>,
@@ -178,7 +178,7 @@ impl<'c, 'r, 'b> Running<'c, 'r, 'b> {
     }
 
     /// `ExecStarted`, the output while it comes, `ExecExited`.
-    fn stream(mut self, conn: &mut impl Write, out: &mut Vec<u8>) -> io::Result<()> {
+    fn stream(mut self, conn: &mut (impl Write + AsRawFd), out: &mut Vec<u8>) -> io::Result<()> {
         send(
             conn,
             out,
@@ -232,18 +232,38 @@ impl<'c, 'r, 'b> Running<'c, 'r, 'b> {
 
     /// Waits up to [`EXIT_CHECK`] (or the deadline) for the pipes and serves what is ready;
     /// false when nothing was.
-    fn poll_once(&mut self, conn: &mut impl Write, out: &mut Vec<u8>) -> io::Result<bool> {
+    ///
+    /// The host sends nothing while its command runs: the connection becoming readable means
+    /// it hung up (or broke the protocol), and the command is abandoned (`Err`, so `run`
+    /// kills it).
+    fn poll_once(
+        &mut self,
+        conn: &mut (impl Write + AsRawFd),
+        out: &mut Vec<u8>,
+    ) -> io::Result<bool> {
         let fds = [
             self.stdin.as_ref().map(AsRawFd::as_raw_fd),
             self.stdout.as_ref().map(AsRawFd::as_raw_fd),
             self.stderr.as_ref().map(AsRawFd::as_raw_fd),
+            Some(conn.as_raw_fd()),
         ];
-        let events = [libc::POLLOUT, libc::POLLIN, libc::POLLIN];
+        let events = [
+            libc::POLLOUT,
+            libc::POLLIN,
+            libc::POLLIN,
+            libc::POLLIN | libc::POLLRDHUP,
+        ];
         let mut wait = EXIT_CHECK;
         if let Some(deadline) = self.deadline.filter(|_| !self.timed_out) {
             wait = wait.min(deadline.saturating_duration_since(Instant::now()));
         }
         let ready = poll(fds, events, wait)?;
+        if ready[3] {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the host hung up while the command ran",
+            ));
+        }
         if ready[0] {
             self.feed_stdin();
         }
@@ -364,13 +384,17 @@ fn drain_pipe(
     }
 }
 
-/// `poll(2)` on up to three optional fds: which were ready (or hung up).
-fn poll(fds: [Option<RawFd>; 3], events: [i16; 3], wait: Duration) -> io::Result<[bool; 3]> {
+/// `poll(2)` on optional fds (`None` is skipped): which were ready (or hung up).
+fn poll<const N: usize>(
+    fds: [Option<RawFd>; N],
+    events: [i16; N],
+    wait: Duration,
+) -> io::Result<[bool; N]> {
     let mut pollfds = [libc::pollfd {
         fd: -1,
         events: 0,
         revents: 0,
-    }; 3];
+    }; N];
     for (slot, (fd, events)) in pollfds.iter_mut().zip(fds.iter().zip(events)) {
         if let Some(fd) = fd {
             slot.fd = *fd;
@@ -378,12 +402,12 @@ fn poll(fds: [Option<RawFd>; 3], events: [i16; 3], wait: Duration) -> io::Result
         }
     }
     let timeout = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: `pollfds` is a live array of 3 pollfd structs; poll writes only their revents.
-    let n = unsafe { libc::poll(pollfds.as_mut_ptr(), 3, timeout) };
+    // SAFETY: `pollfds` is a live array of N pollfd structs; poll writes only their revents.
+    let n = unsafe { libc::poll(pollfds.as_mut_ptr(), N as libc::nfds_t, timeout) };
     if n < 0 {
         let error = io::Error::last_os_error();
         return match error.kind() {
-            io::ErrorKind::Interrupted => Ok([false; 3]),
+            io::ErrorKind::Interrupted => Ok([false; N]),
             _ => Err(error),
         };
     }

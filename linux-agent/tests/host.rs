@@ -487,3 +487,32 @@ fn the_initramfs_runs_the_agent_as_init_beside_busybox() {
         .any(|window| window[..64] == agent[..64] && window == &agent[..]);
     assert!(found, "the agent's bytes are not in the archive");
 }
+
+#[test]
+fn a_host_that_hangs_up_during_a_quiet_command_gets_it_killed() {
+    let mut host = Host::new();
+    // No timeout and no output: only the hang-up can end it early.
+    let argv = packed(&["sleep", "600"]);
+    host.send(&Request::Exec(shell(&argv, 0)));
+    let Response::ExecStarted { pid } = host.receive() else {
+        panic!("not started")
+    };
+    let proc_entry = PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc_entry.exists());
+    host.stream.shutdown(Shutdown::Both).unwrap();
+    // The agent kills and reaps it once it notices; give it a while before calling it lost.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while proc_entry.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let outlived = proc_entry.exists();
+    if outlived {
+        // Do not leave the agent's thread (joined by `drop(host)`) waiting 600 s.
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    drop(host);
+    assert!(!outlived, "pid {pid} outlived the host's connection");
+}

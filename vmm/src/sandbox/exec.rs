@@ -141,7 +141,9 @@ pub enum ExecEvent {
 /// A command running in the guest, its output arriving as [`ExecEvent`]s.
 ///
 /// It holds a connection of its own until the `Exited` event. Dropped before that, the
-/// connection closes and the agent kills the program the next time it has output to send.
+/// connection closes and the agent kills the program's process group (within 100 ms of
+/// noticing). A server meant to outlive the call should put itself in the background, as
+/// `busybox httpd` does, and be run with [`Sandbox::exec`].
 #[derive(Debug)]
 pub struct ExecStream<'s> {
     sandbox: &'s Sandbox,

@@ -7,7 +7,7 @@ use zygote::sandbox::Sandbox;
 use zygote::{ConsoleBuffer, RunningVm, SerialOutput, VmBuilder, VsockConfig};
 
 /// How long a Linux boot may take here: ~25 s alone, several times that on a busy machine.
-pub const LINUX_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+pub const LINUX_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A booted Linux guest and its agent.
 pub struct LinuxGuest {
