@@ -51,12 +51,17 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build()?;
     let boot = Instant::now();
     let mut vm = vm.start()?;
-    let sandbox = match vm.sandbox(Duration::from_secs(180)) {
-        Ok(sandbox) => sandbox,
-        Err(error) => {
+    // Connect once the agent says it listens: refused attempts cost the booting guest time.
+    // Linux boots in 20-35 s here, minutes when the host is busy.
+    let ready = console.wait_for(zygote_linux_agent::READY_LINE, Duration::from_secs(600));
+    let sandbox = match vm.sandbox(Duration::from_secs(30)) {
+        Ok(sandbox) if ready => sandbox,
+        other => {
             vm.shutdown()?;
             eprintln!("console:\n{}", console.text());
-            return Err(error.into());
+            return Err(other
+                .err()
+                .map_or("the agent never got ready".into(), Into::into));
         }
     };
     let boot_to_agent = boot.elapsed();

@@ -106,13 +106,27 @@ impl Drop for PortForward {
     }
 }
 
+impl Shared {
+    /// Drops the handle on connection `id` once it ended.
+    fn forget(&self, id: u64) {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+}
+
 fn accept_loop(listener: &TcpListener, uds_path: &Path, guest_port: u16, shared: &Arc<Shared>) {
     loop {
         let accepted = listener.accept();
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
-        let Ok((tcp, _)) = accepted else { continue };
+        let Ok((tcp, _)) = accepted else {
+            // Out of fds, say: do not spin while it lasts.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(clone) = tcp.try_clone() {
@@ -122,21 +136,17 @@ fn accept_loop(listener: &TcpListener, uds_path: &Path, guest_port: u16, shared:
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(id, clone);
         }
-        let shared = Arc::clone(shared);
+        let for_thread = Arc::clone(shared);
         let uds_path: PathBuf = uds_path.to_owned();
         let spawned = std::thread::Builder::new()
             .name(format!("forward-{guest_port}-{id}"))
             .spawn(move || {
                 let _ = carry(tcp, &uds_path, guest_port);
-                shared
-                    .live
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&id);
+                for_thread.forget(id);
             });
         if spawned.is_err() {
-            // No thread for it: the connection is dropped (closed) with the closure.
-            continue;
+            // No thread for it: the connection closes with the closure; forget its clone.
+            shared.forget(id);
         }
     }
 }
