@@ -130,7 +130,8 @@ fn run(sandbox: &Sandbox) -> Result<(Duration, SocketAddr, bool), Box<dyn Error>
 /// A plain HTTP/1.0 GET of `/index.html`: the whole response, headers included.
 fn get(addr: SocketAddr) -> Result<String, Box<dyn Error>> {
     let mut tcp = TcpStream::connect(addr)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
+    // httpd forks per connection: seconds here, minutes on a busy host.
+    tcp.set_read_timeout(Some(Duration::from_secs(300)))?;
     tcp.write_all(b"GET /index.html HTTP/1.0\r\nHost: sandbox\r\n\r\n")?;
     tcp.shutdown(Shutdown::Write)?;
     let mut response = String::new();
