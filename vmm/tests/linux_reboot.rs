@@ -12,7 +12,7 @@ fn reboot_in_the_guest_ends_the_vm_with_reset() {
     eprintln!("boot to agent ready: {:?}", guest.boot_to_agent);
     // The reboot cuts the agent's answer short; the exit reason is what counts.
     let _ = guest.sandbox.spawn(&Command::new("reboot").arg("-f"));
-    let reason = common::wait_exit(&mut guest.vm, &guest.console);
+    let reason = common::linux::wait_exit(&mut guest);
     assert!(
         matches!(reason, ExitReason::Reset),
         "{reason:?}; console:\n{}",

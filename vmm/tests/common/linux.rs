@@ -9,6 +9,10 @@ use zygote::{ConsoleBuffer, RunningVm, SerialOutput, VmBuilder, VsockConfig};
 /// How long a Linux boot may take here: ~25 s alone, several times that on a busy machine.
 pub const LINUX_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How long a single guest operation (a fork and exec, a reboot) may take: seconds alone,
+/// minutes when the host is busy.
+pub const LINUX_OP_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A booted Linux guest and its agent.
 pub struct LinuxGuest {
     /// The running VM.
@@ -68,5 +72,20 @@ pub fn boot(name: &str) -> LinuxGuest {
         sandbox,
         boot_to_agent: start.elapsed(),
         dir,
+    }
+}
+
+/// Waits for the guest to stop on its own, failing the test (and stopping the VM) after
+/// [`LINUX_OP_TIMEOUT`].
+pub fn wait_exit(guest: &mut LinuxGuest) -> zygote::ExitReason {
+    match guest.vm.wait_timeout(LINUX_OP_TIMEOUT) {
+        Some(_) => guest.vm.wait().expect("join the VM"),
+        None => {
+            let _ = guest.vm.shutdown();
+            panic!(
+                "the guest did not stop within {LINUX_OP_TIMEOUT:?}; console:\n{}",
+                guest.console.text()
+            );
+        }
     }
 }
