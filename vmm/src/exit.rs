@@ -34,12 +34,12 @@ pub enum GuestFault {
         /// KVM's sub-error code (`KVM_INTERNAL_ERROR_EMULATION` = 1, `_SIMUL_EX` = 2,
         /// `_DELIVERY_EV` = 3, `_UNEXPECTED_EXIT_REASON` = 4).
         suberror: u32,
-        /// How many of `data`'s words KVM filled in (at most 16 are kept).
+        /// How many of `data`'s words KVM filled in (at most 4 are kept: an emulation failure needs 3).
         ndata: u32,
         /// KVM's extra data. For an emulation failure (KVM API doc, `emulation_failure`):
         /// `data[0]` = flags (bit 0: instruction bytes valid), the low byte of `data[1]` = the
         /// instruction's length, then up to 15 instruction bytes.
-        data: [u64; 16],
+        data: [u64; 4],
     },
 }
 
@@ -152,7 +152,7 @@ mod tests {
         let mut bytes = [0u8; 16];
         bytes[0] = insn.len() as u8;
         bytes[1..=insn.len()].copy_from_slice(insn);
-        let mut data = [0u64; 16];
+        let mut data = [0u64; 4];
         data[0] = flags;
         data[1] = u64::from_le_bytes(bytes[..8].try_into().unwrap());
         data[2] = u64::from_le_bytes(bytes[8..].try_into().unwrap());
@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn other_internal_errors_show_their_data_words() {
-        let mut data = [0u64; 16];
+        let mut data = [0u64; 4];
         data[..3].copy_from_slice(&[0x80, 0x1234, 7]);
         let fault = GuestFault::InternalError {
             suberror: 3,
@@ -219,12 +219,12 @@ mod tests {
     }
 
     #[test]
-    fn ndata_beyond_sixteen_shows_sixteen_words() {
+    fn ndata_beyond_what_is_kept_shows_the_kept_words() {
         let fault = GuestFault::InternalError {
             suberror: 4,
             ndata: 1000,
-            data: [1; 16],
+            data: [1; 4],
         };
-        assert_eq!(fault.to_string().matches("0x1").count(), 16);
+        assert_eq!(fault.to_string().matches("0x1").count(), 4);
     }
 }
