@@ -51,9 +51,10 @@ const EMULATION_FLAG_INSTRUCTION_BYTES: u64 = 1;
 const MAX_INSTRUCTION_LEN: usize = 15;
 
 impl GuestFault {
-    /// The bytes of the instruction KVM failed to emulate (1-15 bytes), when this is an
-    /// emulation failure and KVM says its instruction bytes are valid (flags bit 0 and
-    /// `ndata >= 3`, as the KVM API documents `emulation_failure`); `None` otherwise.
+    /// The instruction bytes KVM reports for an emulation failure: 1-15 bytes fetched at the
+    /// failing instruction, which starts at the first byte (KVM may report the whole 15-byte
+    /// window, as this project's hosts do). `Some` only when KVM says they are valid (flags bit
+    /// 0 and `ndata >= 3`, as the KVM API documents `emulation_failure`).
     pub fn instruction_bytes(&self) -> Option<Vec<u8>> {
         let Self::InternalError {
             suberror: KVM_INTERNAL_ERROR_EMULATION,
@@ -99,13 +100,18 @@ impl std::fmt::Display for GuestFault {
                 data,
             } => {
                 write!(f, "KVM internal error, suberror {suberror}")?;
-                if let Some(bytes) = self.instruction_bytes() {
-                    write!(f, " (emulation failure), instruction")?;
-                    return bytes.iter().try_for_each(|b| write!(f, " {b:02x}"));
-                }
                 let kept = data.len().min(*ndata as usize);
+                let mut words = &data[..kept];
+                if let Some(bytes) = self.instruction_bytes() {
+                    write!(f, " (emulation failure), instruction bytes")?;
+                    bytes.iter().try_for_each(|b| write!(f, " {b:02x}"))?;
+                    words = &words[3..];
+                    if words.is_empty() {
+                        return Ok(());
+                    }
+                }
                 write!(f, ", data [")?;
-                for (i, word) in data[..kept].iter().enumerate() {
+                for (i, word) in words.iter().enumerate() {
                     let sep = if i == 0 { "" } else { " " };
                     write!(f, "{sep}{word:#x}")?;
                 }
@@ -173,7 +179,28 @@ mod tests {
         );
         assert_eq!(
             fault.to_string(),
-            "KVM internal error, suberror 1 (emulation failure), instruction 48 0f ae 2f"
+            "KVM internal error, suberror 1 (emulation failure), instruction bytes 48 0f ae 2f"
+        );
+    }
+
+    #[test]
+    fn emulation_failure_as_this_host_reports_it_shows_bytes_and_extra_data() {
+        // What kvm_pvm here reported for Linux's xrstor64 without `noxsave`: the 15-byte fetch
+        // window, then extra words.
+        let mut data = [0u64; 16];
+        data[..4].copy_from_slice(&[1, 0x48c0_312f_ae0f_480f, 0x48ff_d940_d905_ae0f, 0x1000]);
+        let fault = GuestFault::InternalError {
+            suberror: 1,
+            ndata: 8,
+            data,
+        };
+        let bytes = fault.instruction_bytes().unwrap();
+        assert_eq!(bytes.len(), 15);
+        assert_eq!(bytes[..4], [0x48, 0x0f, 0xae, 0x2f]);
+        assert_eq!(
+            fault.to_string(),
+            "KVM internal error, suberror 1 (emulation failure), instruction bytes \
+             48 0f ae 2f 31 c0 48 0f ae 05 d9 40 d9 ff 48, data [0x1000 0x0 0x0 0x0 0x0]"
         );
     }
 
