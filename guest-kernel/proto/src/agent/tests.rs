@@ -217,7 +217,7 @@ fn wire_format_is_as_documented() {
     let n = Response::Counter(1).encode(&mut buf).unwrap();
     assert_eq!(&buf[..n], &[10, 0, 0, 0, 0, 12, 1, 0, 0, 0, 0, 0, 0, 0]);
     let n = Request::Identity.encode(&mut buf).unwrap();
-    assert_eq!(&buf[..n], &[1, 0, 0, 0, 17]);
+    assert_eq!(&buf[..n], &[1, 0, 0, 0, 29]);
     let mut big = [0u8; 64];
     let n = Response::Identity {
         generation: 2,
@@ -227,7 +227,7 @@ fn wire_format_is_as_documented() {
     }
     .encode(&mut big)
     .unwrap();
-    let mut expected = std::vec![42, 0, 0, 0, 0, 17, 2, 0, 0, 0, 0, 0, 0, 0];
+    let mut expected = std::vec![42, 0, 0, 0, 0, 29, 2, 0, 0, 0, 0, 0, 0, 0];
     expected.extend_from_slice(&[0xee; VM_ID_LEN]);
     expected.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(&big[..n], &expected[..]);
