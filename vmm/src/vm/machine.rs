@@ -99,6 +99,7 @@ impl Machine {
                 lifecycle: Mutex::new(()),
                 dirty: Mutex::new(None),
                 forks: std::sync::atomic::AtomicU64::new(0),
+                derived_cids: Arc::default(),
                 context: self.context,
                 kvm: self.kvm,
             },

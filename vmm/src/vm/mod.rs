@@ -62,8 +62,12 @@ struct VmCore {
     lifecycle: Mutex<()>,
     /// Tracks the pages written since the last snapshot, for diff snapshots.
     dirty: Mutex<Option<(zygote_cow::WriteTracker, zygote_snapshot::SnapshotId)>>,
-    /// How many children this VM has forked (names and CIDs derived for them).
+    /// How many children this VM has forked (socket names derived for them).
     forks: std::sync::atomic::AtomicU64,
+    /// The last vsock CID a fork derived in this VM's family (itself, its ancestors and
+    /// descendants share one; 0 until the first). A parent's CID plus its own fork count
+    /// would repeat across generations: a grandchild would get its uncle's.
+    derived_cids: Arc<std::sync::atomic::AtomicU64>,
     context: Arc<KvmContext>,
     kvm: KvmVm,
 }
