@@ -71,7 +71,10 @@ fn boot_parent(context: &Arc<KvmContext>, memory_mib: u64) -> RunningVm {
 
 /// A vsock socket path unique to this process and `name`.
 fn uds_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("zygote-bench-fork-{}-{name}.vsock", std::process::id()))
+    std::env::temp_dir().join(format!(
+        "zygote-bench-fork-{}-{name}.vsock",
+        std::process::id()
+    ))
 }
 
 fn agent_of(vm: &RunningVm) -> AgentClient {
@@ -213,9 +216,7 @@ fn fork_latency(c: &mut Criterion) {
         println!("fork bench: {memory_mib} MiB first fork {first:?}");
         retire(vec![child]);
         bench_forks(&mut group, "no_pool", memory_mib, &mut parent, None);
-        let pool = Arc::new(
-            VmPool::new(context.clone(), memory_mib << 20, 1, 2).expect("VM pool"),
-        );
+        let pool = Arc::new(VmPool::new(context.clone(), memory_mib << 20, 1, 2).expect("VM pool"));
         bench_forks(&mut group, "pool", memory_mib, &mut parent, Some(&pool));
         drop(pool);
         retire(vec![parent]);
@@ -280,9 +281,11 @@ fn fanout_ping(c: &mut Criterion) {
                 total += started.elapsed();
                 let grown = private_dirty_kib().saturating_sub(before);
                 per_child_kib.push(grown / FANOUT_CHILDREN as u64);
-                own_kib.extend(children.iter().map(|child| {
-                    child.memory_usage().expect("memory usage").private_bytes >> 10
-                }));
+                own_kib.extend(
+                    children.iter().map(|child| {
+                        child.memory_usage().expect("memory usage").private_bytes >> 10
+                    }),
+                );
                 retire(children);
             }
             total

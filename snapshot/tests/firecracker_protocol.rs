@@ -28,9 +28,14 @@ fn channel_sink() -> (FailureSink, mpsc::Receiver<EngineError>) {
 
 /// Starts the page-server binary on `socket` serving `image`; returns once it listens.
 fn start_server(socket: &std::path::Path, image: &std::path::Path) -> Child {
+    start_server_with(socket, image, &[])
+}
+
+fn start_server_with(socket: &std::path::Path, image: &std::path::Path, extra: &[&str]) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_uffd_page_server"))
         .arg(socket)
         .arg(image)
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -89,6 +94,44 @@ fn a_firecracker_page_server_process_serves_zygote_memory() {
     );
     drop(restored);
     // Closing the connection ends the server cleanly.
+    assert!(server.wait().unwrap().success());
+    assert!(failures.try_recv().is_err());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_page_server_serves_a_compressed_image_too() {
+    let layout = common::layout();
+    let dir = common::temp_dir("fc-zst");
+    let image = dir.join("mem.zst");
+    let mem = common::patterned_guest_memory(&layout, 9);
+    zygote_snapshot::memory::compressed::write_compressed(
+        &mem,
+        &layout,
+        zygote_snapshot::SnapshotId::random(),
+        1,
+        &image,
+    )
+    .unwrap();
+    let socket = dir.join("uffd.sock");
+    let mut server = start_server_with(&socket, &image, &["--compressed"]);
+    let (sink, failures) = channel_sink();
+    let source = PageSource::open_compressed(&image, &layout).unwrap();
+    let restored = FirecrackerUffdEngine::new(&socket)
+        .restore(source, &layout, sink)
+        .unwrap();
+    let got = read_within(
+        &restored,
+        0,
+        layout.size() as usize,
+        Duration::from_secs(10),
+    )
+    .expect("reader blocked");
+    assert!(
+        got == common::expected(&layout, 9),
+        "served memory differs from the image"
+    );
+    drop(restored);
     assert!(server.wait().unwrap().success());
     assert!(failures.try_recv().is_err());
     std::fs::remove_dir_all(dir).unwrap();

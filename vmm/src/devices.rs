@@ -28,14 +28,25 @@ use crate::virtio::{VirtioDevices, VirtioError};
 /// addressable and never read or written, as in Firecracker. The capacity then stays fixed; if
 /// the image shrinks while the VM runs, bytes past its new end read as zeros, and sectors an
 /// overlay holds whole never depend on the image at all.
+///
+/// # Forks
+/// Forking a VM freezes its disk as it is: the child, and the parent from then on, each write
+/// to a new in-memory overlay over the frozen contents, so neither sees the other's later
+/// writes. **This changes the parent's disk**:
+/// - with no overlay, the image stops being written at the first fork: it keeps what it held
+///   then, and the parent's later writes (like every child's) go to memory only, lost when the
+///   VM goes and not made durable by a flush;
+/// - with [`BlockOverlay::File`], the parent stops writing the overlay file at the fork; its
+///   later writes go to memory;
+/// - with [`BlockOverlay::Memory`] or a read-only disk, nothing the parent can see changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockConfig {
     /// The raw image, a regular file or a block device.
     pub path: PathBuf,
     /// The guest may not write.
     pub read_only: bool,
-    /// Where the guest's writes go instead of the image, which is then never modified (for
-    /// forks); `None` writes to the image.
+    /// Where the guest's writes go instead of the image, which is then never modified; `None`
+    /// writes to the image, until the VM's first fork (see "Forks" above).
     pub overlay: Option<BlockOverlay>,
     /// The device ID the guest reads (at most 20 bytes).
     pub id: String,

@@ -183,3 +183,59 @@ fn children_forked_into_a_warm_pool_work_like_any_other() {
     }
     assert_eq!(agent_of(&parent).counter_get().unwrap(), 3);
 }
+
+#[test]
+fn a_childs_disk_writes_reach_neither_the_parent_nor_the_base_image() {
+    let image = common::disk_image("fork-disk.img", 1 << 20);
+    let base_before = std::fs::read(&image).unwrap();
+    let parent_vm = agent_vm(
+        "fork-disk",
+        AgentOpts {
+            block: Some(zygote::BlockConfig::new(&image).overlay()),
+            packet_nic: true,
+            ..Default::default()
+        },
+    );
+    let mut parent = parent_vm.vm;
+    let mut agent = agent_of(&parent);
+    agent.disk_write(4, &[1; 512]).unwrap();
+    drop(agent);
+    let mut child = fork(&mut parent);
+    let mut sibling = fork(&mut parent);
+    let (mut pa, mut ca, mut sa) = (agent_of(&parent), agent_of(&child), agent_of(&sibling));
+    // Everyone sees the parent's pre-fork write.
+    for agent in [&mut pa, &mut ca, &mut sa] {
+        assert_eq!(agent.disk_read(4, 1).unwrap(), vec![1; 512]);
+    }
+    ca.disk_write(8, &[2; 512]).unwrap();
+    pa.disk_write(9, &[3; 512]).unwrap();
+    sa.disk_write(10, &[4; 512]).unwrap();
+    let original = |sector: usize| base_before[sector * 512..(sector + 1) * 512].to_vec();
+    assert_eq!(
+        pa.disk_read(8, 1).unwrap(),
+        original(8),
+        "the parent sees the child's write"
+    );
+    assert_eq!(
+        sa.disk_read(8, 1).unwrap(),
+        original(8),
+        "a sibling sees the child's write"
+    );
+    assert_eq!(
+        ca.disk_read(9, 1).unwrap(),
+        original(9),
+        "the child sees the parent's later write"
+    );
+    assert_eq!(ca.disk_read(10, 1).unwrap(), original(10));
+    assert_eq!(ca.disk_read(8, 1).unwrap(), vec![2; 512]);
+    assert_eq!(pa.disk_read(9, 1).unwrap(), vec![3; 512]);
+    drop((pa, ca, sa));
+    for vm in [&mut child, &mut sibling, &mut parent] {
+        vm.shutdown().unwrap();
+    }
+    assert_eq!(
+        std::fs::read(&image).unwrap(),
+        base_before,
+        "the base image was written"
+    );
+}

@@ -1,9 +1,10 @@
 //! A page server speaking Firecracker's external userfaultfd handler protocol.
 //!
-//! Usage: `uffd_page_server <socket-path> <raw-memory-image> [neighbours]`
+//! Usage: `uffd_page_server <socket-path> <memory-image> [neighbours] [--compressed]`
 //!
 //! Listens on `socket-path`, prints `listening` on stdout, accepts one VMM (Firecracker or
-//! Zygote's `FirecrackerUffdEngine`), and serves its page faults from the raw image until the
+//! Zygote's `FirecrackerUffdEngine`), and serves its page faults from the image (raw, or a
+//! Zygote compressed image with `--compressed`) until the
 //! VMM closes the connection. Exits 0 then, 1 on any error (printed on stderr).
 
 use std::io::Write;
@@ -14,7 +15,9 @@ use zygote_snapshot::engine::{raw_image_layout, serve_firecracker_handler};
 use zygote_snapshot::PageSource;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let compressed = args.iter().any(|a| a == "--compressed");
+    args.retain(|a| a != "--compressed");
     if args.len() < 3 {
         eprintln!(
             "usage: {} <socket-path> <raw-memory-image> [neighbours]",
@@ -25,7 +28,7 @@ fn main() {
     let socket = PathBuf::from(&args[1]);
     let image = PathBuf::from(&args[2]);
     let neighbours = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(7);
-    if let Err(e) = run(&socket, &image, neighbours) {
+    if let Err(e) = run(&socket, &image, neighbours, compressed) {
         let mut msg = format!("uffd_page_server: {e}");
         let mut source = std::error::Error::source(&*e);
         while let Some(s) = source {
@@ -41,9 +44,13 @@ fn run(
     socket: &std::path::Path,
     image: &std::path::Path,
     neighbours: u64,
+    compressed: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let layout = raw_image_layout(image)?;
-    let source = PageSource::open_raw(image, &layout)?;
+    let source = if compressed {
+        PageSource::open_compressed_own_layout(image)?
+    } else {
+        PageSource::open_raw(image, &raw_image_layout(image)?)?
+    };
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
     println!("listening");

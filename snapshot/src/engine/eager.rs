@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::{
     EngineError, EngineService, FailureSink, Mapping, MemoryEngine, RestoredMemory, StatsCounters,
 };
-use crate::memory::{raw::MAX_RUN_PAGES, MemoryLayout, PageSource, PAGE_SIZE};
+use crate::memory::{MemoryLayout, PageSource};
 
 /// Reads every present page of the source into a new sealed memfd (mapped shared) before
 /// returning. Slowest to restore, no cost afterwards, no service.
@@ -44,24 +44,9 @@ impl MemoryEngine for EagerEngine {
         .map_err(EngineError::os("mmap memfd"))?;
         let counters = Arc::new(StatsCounters::default());
         let present = source.present_pages()?;
-        for (first, count) in present.runs() {
-            let mut page = first;
-            while page < first + count {
-                let n = (first + count - page).min(MAX_RUN_PAGES);
-                // SAFETY: pages `page .. page + n` lie inside the mapping (the bitmap covers the
-                // layout) and nothing else references the fresh mapping yet.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        mapping.as_ptr().add(page as usize * PAGE_SIZE),
-                        n as usize * PAGE_SIZE,
-                    )
-                };
-                source.read_pages(page, dst)?;
-                page += n;
-            }
-            StatsCounters::add(&counters.prefetched_pages, count);
-            StatsCounters::add(&counters.pages_copied, count);
-        }
+        // Written through the memfd, not the mapping: no page fault per page.
+        super::uffd::bulk_load(&mut source, &present, &memfd, &counters)?;
+        StatsCounters::add(&counters.pages_copied, present.count());
         let service = EngineService::new(counters, Box::new(|| {}));
         Ok(RestoredMemory {
             mapping,

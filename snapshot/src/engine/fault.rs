@@ -42,6 +42,9 @@ pub(crate) struct Handler {
     /// straight from it (no `pread`, no staging buffer). A truncated image makes the copy fail
     /// with `EFAULT` (the kernel's access, never a SIGBUS in the handler).
     pub direct: Option<Mapping>,
+    /// Host address of the stop page (see [`Handler::run_blocking`]), unregistered with the
+    /// regions on failure.
+    pub stop_page: Option<usize>,
 }
 
 /// Why the handler loop ended.
@@ -105,10 +108,61 @@ impl Handler {
         }
     }
 
+    /// Serves faults with blocking reads (one syscall per wake-up fewer than
+    /// [`Handler::run`]) until the stop page faults: the stopping thread reads the stop page,
+    /// a one-page mapping registered on the same userfaultfd, and the handler answers that
+    /// fault with a zero page and returns. The userfaultfd must be blocking and owned by this
+    /// process alone.
+    pub(crate) fn run_blocking(mut self) -> Exit {
+        let mut events = userfaultfd::EventBuffer::new(16);
+        loop {
+            let batch: Vec<_> = match self.uffd.read_events(&mut events) {
+                Ok(iter) => iter.collect(),
+                Err(source) => {
+                    return self.fail(EngineError::Userfaultfd {
+                        op: "read events",
+                        source,
+                    })
+                }
+            };
+            for event in batch {
+                match event {
+                    Ok(Event::Pagefault { addr, .. }) => {
+                        let addr = addr as usize;
+                        if let Some(stop) = self
+                            .stop_page
+                            .filter(|&s| addr >= s && addr < s + PAGE_SIZE)
+                        {
+                            // SAFETY: the stop page is registered with this uffd and ours.
+                            let _ = unsafe {
+                                self.uffd
+                                    .zeropage(stop as *mut libc::c_void, PAGE_SIZE, true)
+                            };
+                            return Exit::Stopped;
+                        }
+                        if let Err(e) = self.serve(addr) {
+                            return self.fail(e);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(source) => {
+                        return self.fail(EngineError::Userfaultfd {
+                            op: "read event",
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+    }
+
     /// Reports `err` once, then unregisters every region so no thread stays blocked.
     pub(crate) fn fail(&mut self, err: EngineError) -> Exit {
         if let Some(sink) = self.on_failure.take() {
             sink(err);
+        }
+        if let Some(stop) = self.stop_page {
+            let _ = self.uffd.unregister(stop as *mut libc::c_void, PAGE_SIZE);
         }
         for r in &self.regions {
             let _ = self
@@ -138,7 +192,7 @@ impl Handler {
         if served.get(first) {
             // Placed before and gone again (a hole punched): it reads as zero now.
             drop(served);
-            return self.place(host, 1, true);
+            return self.place(host, 1);
         }
         let mut end = first + 1;
         while end < region_end && end - first <= self.neighbours && !served.get(end) {
@@ -191,11 +245,12 @@ impl Handler {
             }
             let at = host + i * PAGE_SIZE;
             if zero && self.zeropage {
-                self.place(at, (j - i) as u64, true)?;
+                // Counted before placing: the wake lets readers look at the stats at once.
                 StatsCounters::add(&self.counters.zero_pages, (j - i) as u64);
+                self.place(at, (j - i) as u64)?;
             } else {
-                self.copy(at, &data[i * PAGE_SIZE..j * PAGE_SIZE])?;
                 StatsCounters::add(&self.counters.pages_copied, (j - i) as u64);
+                self.copy(at, &data[i * PAGE_SIZE..j * PAGE_SIZE])?;
             }
             i = j;
         }
@@ -203,45 +258,53 @@ impl Handler {
     }
 
     /// `UFFDIO_ZEROPAGE` over `pages` pages at `host` (a zero COPY when the range does not
-    /// support it), tolerating pages already there.
-    fn place(&mut self, host: usize, pages: u64, _wake: bool) -> Result<(), EngineError> {
+    /// support it), retrying after a partial fill (the kernel stops at a page already there
+    /// and reports how far it got) and tolerating pages already there.
+    fn place(&mut self, host: usize, pages: u64) -> Result<(), EngineError> {
+        let len = pages as usize * PAGE_SIZE;
         if !self.zeropage {
-            let zeros = vec![0u8; pages as usize * PAGE_SIZE];
+            let zeros = vec![0u8; len];
             return self.copy(host, &zeros);
         }
-        let len = pages as usize * PAGE_SIZE;
-        // SAFETY: `host .. host + len` lies in a region registered with this uffd; ZEROPAGE
-        // only fills missing pages there.
-        match unsafe { self.uffd.zeropage(host as *mut libc::c_void, len, true) } {
-            Ok(_) => Ok(()),
-            Err(userfaultfd::Error::ZeropageFailed(e))
-                if e as i32 == libc::EEXIST || e as i32 == libc::EAGAIN =>
-            {
-                for p in 0..pages as usize {
-                    let at = host + p * PAGE_SIZE;
-                    // SAFETY: as above, one page.
-                    let _ = unsafe { self.uffd.zeropage(at as *mut libc::c_void, PAGE_SIZE, true) };
-                }
+        let mut done = 0usize;
+        while done < len {
+            let at = host + done;
+            // SAFETY: `at .. host + len` lies in a region registered with this uffd; ZEROPAGE
+            // only fills missing pages there.
+            match unsafe {
                 self.uffd
-                    .wake(host as *mut libc::c_void, len)
-                    .map_err(EngineError::uffd("wake"))
+                    .zeropage(at as *mut libc::c_void, len - done, true)
+            } {
+                Ok(n) if n > 0 => done += n.min(len - done),
+                Ok(_) => done += PAGE_SIZE,
+                Err(userfaultfd::Error::ZeropageFailed(e)) if e as i32 == libc::EEXIST => {
+                    // The page at `at` is there already: wake its waiters and go on.
+                    self.uffd
+                        .wake(at as *mut libc::c_void, PAGE_SIZE)
+                        .map_err(EngineError::uffd("wake"))?;
+                    done += PAGE_SIZE;
+                }
+                Err(userfaultfd::Error::ZeropageFailed(e)) if e as i32 == libc::EAGAIN => {}
+                Err(source) => {
+                    return Err(EngineError::Userfaultfd {
+                        op: "zeropage",
+                        source,
+                    })
+                }
             }
-            Err(source) => Err(EngineError::Userfaultfd {
-                op: "zeropage",
-                source,
-            }),
         }
+        Ok(())
     }
 
-    /// `UFFDIO_COPY` of `data` to `host`, retrying partial copies and skipping pages already
-    /// there.
+    /// `UFFDIO_COPY` of `data` to `host`, retrying after a partial copy (the kernel stops at a
+    /// page already there and reports how far it got) and skipping pages already there.
     fn copy(&mut self, host: usize, data: &[u8]) -> Result<(), EngineError> {
         let mut done = 0usize;
         while done < data.len() {
             let at = host + done;
             let rest = &data[done..];
-            // SAFETY: the destination lies in a registered region, the source is our buffer of
-            // `rest.len()` bytes; COPY only fills missing pages.
+            // SAFETY: the destination lies in a registered region, the source is `rest.len()`
+            // readable bytes; COPY only fills missing pages.
             match unsafe {
                 self.uffd.copy(
                     rest.as_ptr().cast(),
@@ -259,22 +322,11 @@ impl Handler {
                 }
                 Err(userfaultfd::Error::PartiallyCopied(n)) => done += n,
                 Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => {
-                    // Some page of the run is there already: go page by page.
-                    for p in (0..rest.len()).step_by(PAGE_SIZE) {
-                        // SAFETY: as above, one page.
-                        let _ = unsafe {
-                            self.uffd.copy(
-                                rest[p..].as_ptr().cast(),
-                                (at + p) as *mut libc::c_void,
-                                PAGE_SIZE,
-                                true,
-                            )
-                        };
-                    }
+                    // The page at `at` is there already: wake its waiters and go on.
                     self.uffd
-                        .wake(at as *mut libc::c_void, rest.len())
+                        .wake(at as *mut libc::c_void, PAGE_SIZE)
                         .map_err(EngineError::uffd("wake"))?;
-                    done = data.len();
+                    done += PAGE_SIZE;
                 }
                 Err(source) => return Err(EngineError::Userfaultfd { op: "copy", source }),
             }
@@ -297,11 +349,11 @@ pub(crate) fn direct_map(source: &PageSource) -> Option<Mapping> {
 }
 
 /// Creates a userfaultfd able to serve kernel-mode faults too (KVM touches guest memory from
-/// the kernel), close-on-exec and non-blocking.
-pub(crate) fn new_uffd() -> Result<Uffd, EngineError> {
+/// the kernel), close-on-exec, blocking or not.
+pub(crate) fn new_uffd(non_blocking: bool) -> Result<Uffd, EngineError> {
     userfaultfd::UffdBuilder::new()
         .close_on_exec(true)
-        .non_blocking(true)
+        .non_blocking(non_blocking)
         .user_mode_only(false)
         .create()
         .map_err(EngineError::uffd("create"))

@@ -155,7 +155,7 @@ impl MemoryEngine for FirecrackerUffdEngine {
             libc::MAP_SHARED | libc::MAP_NORESERVE,
         )
         .map_err(EngineError::os("mmap memfd"))?;
-        let uffd = new_uffd()?;
+        let uffd = new_uffd(true)?;
         register(&uffd, mapping.as_ptr(), mapping.len())?;
         let mappings: Vec<GuestRegionUffdMapping> = layout
             .ranges()
@@ -332,6 +332,7 @@ pub fn serve_connection(
         zeropage: true,
         buf: Vec::new(),
         direct,
+        stop_page: None,
     };
     match handler.run(&stream) {
         Exit::Stopped => Ok(()),

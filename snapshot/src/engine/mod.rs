@@ -50,17 +50,18 @@ pub type FailureSink = Arc<dyn Fn(EngineError) + Send + Sync>;
 /// What an engine hands back: the restored VM's guest memory and the services behind it.
 #[derive(Debug)]
 pub struct RestoredMemory {
+    /// A running service (fault handler, prefetch); stopped and joined when dropped, which the
+    /// VMM does after the vCPUs are gone. Declared first so that dropping the whole value stops
+    /// the service before the mapping goes away.
+    pub service: Option<EngineService>,
     /// RAII host mapping of `layout.size()` bytes; range `r` lives at
     /// `mapping.as_ptr() + r.offset`. Unmapped on drop, so it must outlive the VM's memory
     /// slots and every user of the memory.
     pub mapping: Mapping,
     /// The memfd behind the mapping when it is a `MAP_SHARED` memfd mapping (eager, uffd,
-    /// prefetch), so the VM can later be snapshotted by fd and forked; `None` for a private
-    /// file mapping (mmap) or anonymous memory (Firecracker protocol).
+    /// prefetch, Firecracker protocol), so the VM can later be snapshotted by fd and forked;
+    /// `None` for a private file mapping (mmap).
     pub memfd: Option<std::fs::File>,
-    /// A running service (fault handler, prefetch); stopped and joined when dropped, which the
-    /// VMM does after the vCPUs are gone.
-    pub service: Option<EngineService>,
 }
 
 /// A way to bring back a snapshot's guest memory.

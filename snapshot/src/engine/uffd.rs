@@ -113,8 +113,11 @@ pub(crate) fn start_lazy(
         libc::MAP_SHARED | libc::MAP_NORESERVE,
     )
     .map_err(EngineError::os("mmap memfd"))?;
-    let uffd = new_uffd()?;
+    let uffd = new_uffd(false)?;
     let zeropage = register(&uffd, mapping.as_ptr(), mapping.len())?;
+    let stop_page = Mapping::map_anonymous(PAGE_SIZE_U64, libc::PROT_READ, libc::MAP_PRIVATE)
+        .map_err(EngineError::os("mmap stop page"))?;
+    register(&uffd, stop_page.as_ptr(), PAGE_SIZE)?;
     let direct = direct_map(&source);
     let handler = Handler {
         uffd,
@@ -131,8 +134,9 @@ pub(crate) fn start_lazy(
         zeropage,
         buf: Vec::new(),
         direct,
+        stop_page: Some(stop_page.as_ptr() as usize),
     };
-    let service = spawn(handler, lazy.counters, lazy.after)?;
+    let service = spawn(handler, stop_page, lazy.counters, lazy.after)?;
     Ok(RestoredMemory {
         mapping,
         memfd: Some(memfd),
@@ -142,7 +146,7 @@ pub(crate) fn start_lazy(
 
 /// Reads the pages of `pages` from `source` and writes them into `memfd` at their offsets
 /// (before the memory is registered, so they never fault).
-fn bulk_load(
+pub(crate) fn bulk_load(
     source: &mut PageSource,
     pages: &PageBitmap,
     memfd: &std::fs::File,
@@ -165,23 +169,30 @@ fn bulk_load(
     Ok(())
 }
 
-/// Runs `handler` on a new thread; the service's drop stops and joins it, then runs `after`.
+/// Runs `handler` on a new thread with blocking reads; the service's drop stops it through
+/// `stop_page`, joins it, then runs `after`.
 pub(crate) fn spawn(
     handler: Handler,
+    stop_page: Mapping,
     counters: Arc<StatsCounters>,
     after: Option<Box<dyn FnOnce() + Send>>,
 ) -> Result<EngineService, EngineError> {
-    let stop = crate::sys::eventfd().map_err(EngineError::os("eventfd"))?;
-    let stop_for_thread = stop.try_clone().map_err(EngineError::os("dup eventfd"))?;
     let thread: JoinHandle<Exit> = std::thread::Builder::new()
         .name("zygote-uffd".into())
-        .spawn(move || handler.run(&stop_for_thread))
+        .spawn(move || handler.run_blocking())
         .map_err(EngineError::os("spawn handler thread"))?;
     Ok(EngineService::new(
         counters,
         Box::new(move || {
-            crate::sys::eventfd_signal(&stop);
+            // Reading the stop page faults into the handler, which answers and returns. If the
+            // handler is gone (failed: it unregistered the page; panicked: its uffd closed,
+            // which unregisters everything) the read does not block.
+            if !thread.is_finished() {
+                // SAFETY: the stop page is a live one-page mapping owned by this closure.
+                unsafe { stop_page.as_ptr().read_volatile() };
+            }
             let _ = thread.join();
+            drop(stop_page);
             if let Some(after) = after {
                 after();
             }

@@ -203,7 +203,8 @@ fn copy_pages(layout: &MemoryLayout, bases: &[*const u8], first: u64, buf: &mut 
 }
 
 /// Reads and checks the header of a compressed image: trailer, container, manifest, index.
-/// Returns the manifest and the validated index.
+/// Returns the manifest and the validated index. With `layout`, the image must have been made
+/// for it; without, the manifest's own (validated) layout is used, as a page server does.
 ///
 /// # Errors
 /// [`ImageError::Io`], [`ImageError::Header`], [`ImageError::WrongKind`],
@@ -211,7 +212,7 @@ fn copy_pages(layout: &MemoryLayout, bases: &[*const u8], first: u64, buf: &mut 
 pub fn read_header(
     file: &File,
     path: &Path,
-    layout: &MemoryLayout,
+    layout: Option<&MemoryLayout>,
 ) -> Result<(MemoryManifest, ChunkIndex), ImageError> {
     let io_err = |source| ImageError::Io {
         path: path.to_path_buf(),
@@ -257,7 +258,7 @@ pub fn read_header(
     if manifest.kind != ImageKind::Compressed || manifest.parent.is_some() {
         return Err(wrong());
     }
-    if &manifest.layout != layout {
+    if layout.is_some_and(|l| l != &manifest.layout) {
         return Err(ImageError::LayoutMismatch {
             path: path.to_path_buf(),
         });
@@ -266,7 +267,7 @@ pub fn read_header(
         .decode(SectionId::CHUNK_INDEX, &[COMPRESSED_SECTION_VERSION])
         .map_err(header_err)?;
     index
-        .validate(layout.pages(), container_at)
+        .validate(manifest.layout.pages(), container_at)
         .map_err(|chunk| ImageError::BadChunk {
             path: path.to_path_buf(),
             chunk,
@@ -288,12 +289,13 @@ pub(crate) struct CompressedImage {
 }
 
 impl CompressedImage {
-    pub(crate) fn open(path: &Path, layout: &MemoryLayout) -> Result<Self, ImageError> {
+    pub(crate) fn open(path: &Path, layout: Option<&MemoryLayout>) -> Result<Self, ImageError> {
         let file = File::open(path).map_err(|source| ImageError::Io {
             path: path.to_path_buf(),
             source,
         })?;
         let (manifest, index) = read_header(&file, path, layout)?;
+        let pages = manifest.layout.pages();
         let decompressor = zstd::bulk::Decompressor::new().map_err(|source| ImageError::Io {
             path: path.to_path_buf(),
             source,
@@ -303,7 +305,7 @@ impl CompressedImage {
             file,
             path: path.to_path_buf(),
             manifest,
-            pages: layout.pages(),
+            pages,
             packed: Vec::new(),
             cache: vec![0; chunk_bytes],
             cached: None,

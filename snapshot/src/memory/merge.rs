@@ -29,17 +29,21 @@ pub fn merge_to_raw(source: &mut PageSource, path: &Path) -> Result<WriteStats, 
                     read_err = Some(e);
                     return Err(std::io::Error::other("page source failed"));
                 }
-                for (i, p) in chunk.chunks(PAGE_SIZE).enumerate() {
-                    if !is_zero(p) {
-                        pwrite_all(
-                            file,
-                            p.as_ptr(),
-                            PAGE_SIZE,
-                            (page + i as u64) * PAGE_SIZE_U64,
-                        )?;
-                        stats.data_pages += 1;
-                        stats.bytes_written += PAGE_SIZE_U64;
+                let zero: Vec<bool> = chunk.chunks(PAGE_SIZE).map(is_zero).collect();
+                let mut i = 0;
+                while i < zero.len() {
+                    let mut j = i;
+                    while j < zero.len() && !zero[j] {
+                        j += 1;
                     }
+                    if j > i {
+                        let bytes = &chunk[i * PAGE_SIZE..j * PAGE_SIZE];
+                        let at = (page + i as u64) * PAGE_SIZE_U64;
+                        pwrite_all(file, bytes.as_ptr(), bytes.len(), at)?;
+                        stats.data_pages += (j - i) as u64;
+                        stats.bytes_written += bytes.len() as u64;
+                    }
+                    i = j + 1;
                 }
                 page += n;
             }

@@ -126,10 +126,23 @@ impl PageSource {
     /// [`ImageError::Io`], [`ImageError::Header`], [`ImageError::WrongKind`],
     /// [`ImageError::LayoutMismatch`], [`ImageError::BadChunk`].
     pub fn open_compressed(path: &Path, layout: &MemoryLayout) -> Result<Self, ImageError> {
+        Self::compressed(path, Some(layout))
+    }
+
+    /// Opens a compressed full image with the layout its own manifest records (for a page
+    /// server, which knows image offsets, not the VM's layout).
+    ///
+    /// # Errors
+    /// As [`PageSource::open_compressed`], but never `LayoutMismatch`.
+    pub fn open_compressed_own_layout(path: &Path) -> Result<Self, ImageError> {
+        Self::compressed(path, None)
+    }
+
+    fn compressed(path: &Path, layout: Option<&MemoryLayout>) -> Result<Self, ImageError> {
         let image = super::compressed::CompressedImage::open(path, layout)?;
         let id = Some(image.manifest().id);
         Ok(PageSource {
-            layout: layout.clone(),
+            layout: image.manifest().layout.clone(),
             kind: ImageKind::Compressed,
             id,
             base: Box::new(image),

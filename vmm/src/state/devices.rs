@@ -129,6 +129,7 @@ pub(crate) fn restore_virtio(
     memory: &Memory,
     virtio: &mut VirtioDevices,
     created: &mut CreatedFiles,
+    forked_blocks: Vec<Block>,
 ) -> Result<DeviceHandles, DeviceRestoreError> {
     let count = |kind, saved: usize, given: usize| {
         if saved == given {
@@ -137,14 +138,29 @@ pub(crate) fn restore_virtio(
             Err(DeviceRestoreError::Count { kind, saved, given })
         }
     };
-    count("block", saved.blocks.len(), resources.blocks.len())?;
+    let mut forked_blocks = forked_blocks.into_iter();
+    let given_blocks = resources.blocks.len() + forked_blocks.len();
+    count("block", saved.blocks.len(), given_blocks)?;
     count("net", saved.nets.len(), resources.nets.len())?;
     let mut handles = DeviceHandles::default();
     let mut position = 0;
-    for (index, (state, config)) in saved.blocks.iter().zip(&resources.blocks).enumerate() {
-        let backend = block_backend(config, created)?;
-        let device = Block::restore(backend, &state.device)
-            .map_err(|source| DeviceRestoreError::Block { index, source })?;
+    let mut configs = resources.blocks.iter();
+    for (index, state) in saved.blocks.iter().enumerate() {
+        // A fork hands over the child's disks ready made (overlays over the parent's frozen
+        // disk); a restore opens them from their configuration.
+        let device = match forked_blocks.next() {
+            Some(device) => device,
+            None => {
+                let config = configs.next().ok_or(DeviceRestoreError::Count {
+                    kind: "block",
+                    saved: saved.blocks.len(),
+                    given: given_blocks,
+                })?;
+                let backend = block_backend(config, created)?;
+                Block::restore(backend, &state.device)
+                    .map_err(|source| DeviceRestoreError::Block { index, source })?
+            }
+        };
         handles.blocks.push(attach(
             virtio,
             vm,

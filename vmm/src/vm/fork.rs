@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zygote_cow::{dirty_runs, CowMapping, Layer, PageRun, View, PAGE_SIZE};
+use zygote_devices::virtio::block::Block;
 
 use super::{RestoreConfig, RunningVm, SerialSource, Vm, VmPool};
 use crate::console::SerialOutput;
@@ -69,6 +70,9 @@ pub enum ForkError {
     /// The parent's memory slots could not be moved onto its new mapping; it was stopped.
     #[error("fork: cannot move the parent onto its copy-on-write memory: {0}")]
     Remap(#[source] crate::MemoryError),
+    /// A disk could not be forked (its backend cannot freeze); the parent's disk is unchanged.
+    #[error("fork: {0}")]
+    Disk(#[source] zygote_devices::virtio::block::BlockForkError),
     /// The child's configuration does not match the parent's devices.
     #[error("fork: {0}")]
     Config(&'static str),
@@ -93,12 +97,13 @@ impl RunningVm {
         // 2-3. Capture it and freeze its memory; the parent is still paused.
         let frozen = self.capture().map_err(ForkError::from).and_then(|state| {
             let view = self.freeze_memory()?;
-            Ok((state, view))
+            let disks = self.fork_disks()?;
+            Ok((state, view, disks))
         });
         // 4. The parent runs again, whatever happened.
         let resumed = self.resume();
         let parent_pause = paused_at.elapsed();
-        let (state, view) = frozen?;
+        let (state, view, disks) = frozen?;
         resumed.map_err(|e| ForkError::Lifecycle(Box::new(e)))?;
         // 5. The child.
         let sequence = self
@@ -106,7 +111,7 @@ impl RunningVm {
             .forks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        let child = self.make_child(&state, view, config, sequence)?;
+        let child = self.make_child(&state, view, disks, config, sequence)?;
         Ok(Fork {
             child,
             parent_pause,
@@ -156,11 +161,26 @@ impl RunningVm {
         Ok(view)
     }
 
-    /// Maps `view` for a child and starts it from `state`.
+    /// Forks every disk of the paused parent: each becomes a frozen layer under a new overlay
+    /// for the parent and another for the child (`zygote_devices::virtio::block::Block::fork`).
+    fn fork_disks(&self) -> Result<Vec<Block>, ForkError> {
+        self.core
+            .devices
+            .blocks
+            .iter()
+            .map(|transport| {
+                let mut transport = transport.lock().unwrap_or_else(|p| p.into_inner());
+                transport.device_mut().fork().map_err(ForkError::Disk)
+            })
+            .collect()
+    }
+
+    /// Maps `view` for a child and starts it from `state` with its forked `disks`.
     fn make_child(
         &self,
         state: &MachineState,
         view: Arc<View>,
+        disks: Vec<Block>,
         config: ForkConfig,
         sequence: u64,
     ) -> Result<RunningVm, ForkError> {
@@ -188,7 +208,8 @@ impl RunningVm {
             serial_input: config.serial_input,
             devices,
         };
-        let mut vm = Vm::restore_into(state, ram, restore, false, shell).map_err(child_error)?;
+        let mut vm =
+            Vm::restore_into(state, ram, restore, false, shell, disks).map_err(child_error)?;
         vm.core.forks.store(0, std::sync::atomic::Ordering::Relaxed);
         vm.core.derived_cids = self.core.derived_cids.clone();
         vm.start().map_err(child_error)
@@ -205,11 +226,6 @@ impl RunningVm {
         if nets.len() != state.devices.nets.len() {
             return Err(ForkError::Config(
                 "give the child one NIC backend per parent NIC",
-            ));
-        }
-        if !state.devices.blocks.is_empty() {
-            return Err(ForkError::Config(
-                "forking a VM with disks is not supported yet",
             ));
         }
         let nets = nets

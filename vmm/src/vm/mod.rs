@@ -159,7 +159,7 @@ impl Vm {
         config: RestoreConfig,
         check_cpuid: bool,
     ) -> Result<Self, Error> {
-        Self::restore_into(state, ram, config, check_cpuid, None)
+        Self::restore_into(state, ram, config, check_cpuid, None, Vec::new())
     }
 
     /// [`Vm::restore_checked`], into a pre-created VM (`shell`, whose slots point at `ram`)
@@ -170,6 +170,7 @@ impl Vm {
         config: RestoreConfig,
         check_cpuid: bool,
         shell: Option<pool::Shell>,
+        forked_blocks: Vec<zygote_devices::virtio::block::Block>,
     ) -> Result<Self, Error> {
         if ram.size() != state.memory_bytes {
             return Err(RestoreError::Invalid("the memory size differs from the saved one").into());
@@ -221,6 +222,7 @@ impl Vm {
             &memory,
             &mut machine.virtio,
             &mut created,
+            forked_blocks,
         )
         .map_err(RestoreError::from)?;
         let mut vcpus = Vec::with_capacity(state.vcpus.len());

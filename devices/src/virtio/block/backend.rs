@@ -6,7 +6,10 @@ use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
+use super::layer::{BlockForkError, FrozenLayer};
+use super::overlay_state::{OverlaySaveError, OverlayState};
 use super::{file_size, SECTOR_SIZE};
 
 /// Storage behind a virtio-blk device. Offsets and lengths are in bytes; callers keep every
@@ -20,6 +23,31 @@ pub trait BlockBackend: Send {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes completed writes durable.
     fn flush(&mut self) -> io::Result<()>;
+
+    /// Freezes the disk's current contents into an immutable layer that forks share (see
+    /// [`fork_disk`](super::fork_disk), which is how a disk is forked). The cost is O(1) or
+    /// O(sectors the backend holds in memory), never O(disk size), and no I/O is done.
+    ///
+    /// On `Ok`, the contents have moved into the layer and `self` is spent: it must be dropped
+    /// and replaced by an overlay over the layer. On `Err`, `self` is unchanged. The default
+    /// refuses with [`BlockForkError::Unsupported`]; [`RawFile`], [`Overlay`],
+    /// [`FileOverlay`](super::FileOverlay) and [`FrozenDisk`](super::FrozenDisk) freeze.
+    fn freeze(&mut self) -> Result<Arc<FrozenLayer>, BlockForkError> {
+        Err(BlockForkError::Unsupported)
+    }
+
+    /// The frozen layer this backend reads, if it is a [`FrozenDisk`](super::FrozenDisk).
+    fn frozen_layer(&self) -> Option<&Arc<FrozenLayer>> {
+        None
+    }
+
+    /// What the disk holds beyond its image, as plain data: an overlay's contents (the sectors
+    /// of an in-memory overlay, the block bitmap of a file overlay), or for a forked disk its
+    /// whole chain of frozen layers flattened into one in-memory overlay state over the image
+    /// at the bottom. `None` (the default) when the backend's writes land in the image itself.
+    fn save_overlay(&self) -> Result<Option<OverlayState>, OverlaySaveError> {
+        Ok(None)
+    }
 }
 
 /// A raw disk image in a regular file or a block device, accessed with `pread`/`pwrite`.
@@ -29,7 +57,8 @@ pub trait BlockBackend: Send {
 /// read as zeros, as a sparse file's holes do, and writes there extend the file again.
 #[derive(Debug)]
 pub struct RawFile {
-    file: File,
+    // Shared with the frozen layer a fork makes of it.
+    file: Arc<File>,
     size: u64,
 }
 
@@ -39,7 +68,10 @@ impl RawFile {
     /// `ErrorKind::InvalidInput`.
     pub fn new(file: File) -> io::Result<Self> {
         let size = file_size(&file)?;
-        Ok(Self { file, size })
+        Ok(Self {
+            file: Arc::new(file),
+            size,
+        })
     }
 }
 
@@ -49,20 +81,7 @@ impl BlockBackend for RawFile {
     }
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let mut done = 0;
-        while let Some(rest) = buf.get_mut(done..).filter(|rest| !rest.is_empty()) {
-            match self.file.read_at(rest, offset + done as u64) {
-                // The end of the file: the rest of a fixed-size disk reads as zeros.
-                Ok(0) => {
-                    rest.fill(0);
-                    break;
-                }
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        read_file_at(&self.file, buf, offset)
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -72,9 +91,39 @@ impl BlockBackend for RawFile {
     fn flush(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }
+
+    /// The image becomes the bottom layer, read-only from then on: this backend, which wrote
+    /// it, is dropped.
+    fn freeze(&mut self) -> Result<Arc<FrozenLayer>, BlockForkError> {
+        Ok(FrozenLayer::image(self.file.clone(), self.size))
+    }
 }
 
-type Sector = [u8; SECTOR_SIZE as usize];
+/// Fills `buf` from `file` at `offset`; bytes past the file's end read as zeros, as a sparse
+/// file's holes do.
+pub(super) fn read_file_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while let Some(rest) = buf.get_mut(done..).filter(|rest| !rest.is_empty()) {
+        match file.read_at(rest, offset + done as u64) {
+            // The end of the file: the rest of a fixed-size disk reads as zeros.
+            Ok(0) => {
+                rest.fill(0);
+                break;
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One sector's bytes.
+pub(super) type Sector = [u8; SECTOR_SIZE as usize];
+/// Sectors an overlay holds, by sector number. Shared (`Arc`) so that flattening a chain of
+/// frozen layers copies pointers, not bytes; a writable overlay's sectors are never shared
+/// (a fork moves the whole map into a frozen layer), so writing one never copies it.
+pub(super) type SectorMap = BTreeMap<u64, Arc<Sector>>;
 
 /// A copy-on-write view of a base disk: writes land in memory, sector by sector, and the base
 /// is only ever read.
@@ -84,9 +133,11 @@ type Sector = [u8; SECTOR_SIZE as usize];
 /// never reads the base, and a write to part of a sector the overlay lacks first copies that
 /// sector from the base (bytes past the base's end, if it shrank, are zeros as the base reads
 /// them). So sectors held whole in the overlay never depend on the base.
+///
+/// A forked disk is an `Overlay<FrozenDisk>`: an empty overlay over the frozen layers.
 pub struct Overlay<B> {
-    base: B,
-    sectors: BTreeMap<u64, Box<Sector>>,
+    pub(super) base: B,
+    pub(super) sectors: SectorMap,
 }
 
 impl<B: BlockBackend> Overlay<B> {
@@ -129,26 +180,8 @@ impl<B: BlockBackend> BlockBackend for Overlay<B> {
     }
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let Self { base, sectors } = self;
-        // Consecutive pieces the overlay lacks are read from the base at once.
-        let mut lacking: Option<Range<usize>> = None;
-        Self::for_each_piece(offset, buf.len(), |sector, within, range| {
-            let Some(data) = sectors.get(&sector) else {
-                lacking = Some(lacking.take().map_or(range.clone(), |r| r.start..range.end));
-                return Ok(());
-            };
-            if let Some(run) = lacking.take() {
-                read_base_run(base, buf, offset, run)?;
-            }
-            let out = buf.get_mut(range).ok_or_else(bad_range)?;
-            let src = data.get(within..within + out.len()).ok_or_else(bad_range)?;
-            out.copy_from_slice(src);
-            Ok(())
-        })?;
-        match lacking {
-            Some(run) => read_base_run(base, buf, offset, run),
-            None => Ok(()),
-        }
+        let base = &mut self.base;
+        read_through(&self.sectors, buf, offset, |run, at| base.read_at(run, at))
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -158,15 +191,16 @@ impl<B: BlockBackend> BlockBackend for Overlay<B> {
             let data = match sectors.entry(sector) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => {
-                    let mut fresh = Box::new([0u8; SECTOR_SIZE as usize]);
+                    let mut fresh = Arc::new([0u8; SECTOR_SIZE as usize]);
                     // Only a partial sector needs the base's bytes around the write.
                     if src.len() < fresh.len() {
-                        read_base_sector(base, sector, &mut fresh)?;
+                        read_base_sector(base, sector, Arc::make_mut(&mut fresh))?;
                     }
                     e.insert(fresh)
                 }
             };
-            let dst = data
+            // Sectors of a writable overlay are never shared, so this does not copy.
+            let dst = Arc::make_mut(data)
                 .get_mut(within..within + src.len())
                 .ok_or_else(bad_range)?;
             dst.copy_from_slice(src);
@@ -178,22 +212,73 @@ impl<B: BlockBackend> BlockBackend for Overlay<B> {
         // The overlay is in memory and the base is never written: nothing to make durable.
         Ok(())
     }
+
+    /// The base freezes first (if it cannot, nothing changes); then the sector map moves, not
+    /// copied, into a layer over it. An empty overlay adds no layer.
+    fn freeze(&mut self) -> Result<Arc<FrozenLayer>, BlockForkError> {
+        let below = self.base.freeze()?;
+        Ok(FrozenLayer::sectors(
+            std::mem::take(&mut self.sectors),
+            below,
+        ))
+    }
+
+    fn save_overlay(&self) -> Result<Option<OverlayState>, OverlaySaveError> {
+        let mut sectors = self.sectors.clone();
+        if let Some(layer) = self.base.frozen_layer() {
+            layer.collect_sectors(&mut sectors)?;
+        }
+        Ok(Some(OverlayState::Memory(
+            super::overlay_state::MemoryOverlayState::from_map(self.size(), &sectors),
+        )))
+    }
 }
 
-/// Reads `buf[run]` from `base`, at `offset + run.start`.
-fn read_base_run<B: BlockBackend>(
-    base: &mut B,
+/// Fills `buf` with the disk at `offset`: the sectors `sectors` holds from memory, every run
+/// of bytes it lacks from `below(run, offset_of_run)`, one call per run. One range lookup in
+/// `sectors`, so its cost grows with the sectors held in the range, not the range's length.
+pub(super) fn read_through(
+    sectors: &SectorMap,
     buf: &mut [u8],
     offset: u64,
-    run: Range<usize>,
+    mut below: impl FnMut(&mut [u8], u64) -> io::Result<()>,
 ) -> io::Result<()> {
-    let at = offset + run.start as u64;
-    base.read_at(buf.get_mut(run).ok_or_else(bad_range)?, at)
+    let Some(last) = buf.len().checked_sub(1) else {
+        return Ok(());
+    };
+    let end = offset.checked_add(buf.len() as u64).ok_or_else(bad_range)?;
+    let last_sector = (offset + last as u64) / SECTOR_SIZE;
+    // Next byte of the disk not filled yet.
+    let mut pos = offset;
+    for (&sector, data) in sectors.range(offset / SECTOR_SIZE..=last_sector) {
+        let start = sector * SECTOR_SIZE;
+        let from = start.max(offset);
+        let to = (start + SECTOR_SIZE).min(end);
+        if pos < from {
+            below(piece(buf, offset, pos..from)?, pos)?;
+        }
+        let src = data
+            .get((from - start) as usize..(to - start) as usize)
+            .ok_or_else(bad_range)?;
+        piece(buf, offset, from..to)?.copy_from_slice(src);
+        pos = to;
+    }
+    if pos < end {
+        below(piece(buf, offset, pos..end)?, pos)?;
+    }
+    Ok(())
+}
+
+/// The part of `buf` (which holds the disk from `offset`) for the disk bytes `range`.
+fn piece(buf: &mut [u8], offset: u64, range: Range<u64>) -> io::Result<&mut [u8]> {
+    let start = usize::try_from(range.start - offset).map_err(|_| bad_range())?;
+    let end = usize::try_from(range.end - offset).map_err(|_| bad_range())?;
+    buf.get_mut(start..end).ok_or_else(bad_range)
 }
 
 /// Reads one sector of the base; a sector cut short by the end of the disk reads as zeros past
 /// the end.
-fn read_base_sector<B: BlockBackend>(
+pub(super) fn read_base_sector<B: BlockBackend>(
     base: &mut B,
     sector: u64,
     out: &mut Sector,

@@ -9,7 +9,9 @@ use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::Bytes;
 
 use super::request::{self, Request};
-use super::{BlockBackend, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SIZE_MAX};
+use super::{
+    fork_disk, BlockBackend, BlockForkError, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SIZE_MAX,
+};
 use crate::virtio::queue::Pass;
 use crate::virtio::{
     collect_chain, read_config_bytes, ActivateError, Activation, Active, Memory, VirtioDevice,
@@ -72,6 +74,32 @@ impl Block {
     /// Disk size in 512-byte sectors, as the driver sees it.
     pub fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    /// Forks the device's disk ([`fork_disk`]) and returns the child's device: the same ID,
+    /// capacity and read-only flag, over a copy-on-write overlay of the disk as it is now,
+    /// and inactive (restoring the parent's transport state onto it reactivates it). This
+    /// device continues over an overlay of its own: neither sees the other's later writes.
+    /// Call it while the VM is paused; requests run under the transport's lock, so none is
+    /// half done then.
+    ///
+    /// A writable disk with no overlay stops writing its image here: the image becomes the
+    /// read-only bottom layer, and this device's later writes go to memory.
+    ///
+    /// # Errors
+    /// [`BlockForkError::Unsupported`] if the backend cannot be frozen; this device is then
+    /// unchanged.
+    pub fn fork(&mut self) -> Result<Block, BlockForkError> {
+        let child = fork_disk(&mut self.disk, self.read_only)?;
+        Ok(Self::with_id(child, self.read_only, self.id))
+    }
+
+    /// The disk's overlay as plain data ([`BlockBackend::save_overlay`]).
+    ///
+    /// # Errors
+    /// [`OverlaySaveError`](super::OverlaySaveError) if a forked disk's layers cannot be read.
+    pub fn save_overlay(&self) -> Result<Option<super::OverlayState>, super::OverlaySaveError> {
+        self.disk.save_overlay()
     }
 
     /// Serves the requests the driver made available, at most a queue's worth (see

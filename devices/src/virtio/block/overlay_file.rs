@@ -1,12 +1,17 @@
 //! A copy-on-write overlay kept in a file: writes land in a sparse overlay file, 4 KiB block by
 //! 4 KiB block, and the base is only ever read.
 
+use std::collections::btree_map::Entry;
 use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
-use super::{fit_to, BlockBackend};
+use super::backend::SectorMap;
+use super::layer::{BlockForkError, FrozenLayer};
+use super::overlay_state::{OverlayRestoreError, OverlaySaveError, OverlayState};
+use super::{fit_to, BlockBackend, SECTOR_SIZE};
 
 /// Unit of copy-up in a [`FileOverlay`]: the first write to a block copies the whole block from
 /// the base into the overlay file.
@@ -25,10 +30,11 @@ pub const OVERLAY_BLOCK_SIZE: u64 = 4096;
 /// The bitmap lives in memory: the overlay file on its own does not say which of its blocks
 /// are data and which are holes, so it is not a disk image to reopen later.
 pub struct FileOverlay<B> {
-    base: B,
-    file: File,
-    size: u64,
-    present: Bitmap,
+    pub(super) base: B,
+    // Shared with the frozen layer a fork makes of it.
+    pub(super) file: Arc<File>,
+    pub(super) size: u64,
+    pub(super) present: Bitmap,
 }
 
 impl<B: BlockBackend> FileOverlay<B> {
@@ -41,7 +47,7 @@ impl<B: BlockBackend> FileOverlay<B> {
         let present = Bitmap::new(size.div_ceil(OVERLAY_BLOCK_SIZE))?;
         Ok(Self {
             base,
-            file,
+            file: Arc::new(file),
             size,
             present,
         })
@@ -100,29 +106,16 @@ impl<B: BlockBackend> BlockBackend for FileOverlay<B> {
     }
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let range = self.checked_range(offset, buf.len())?;
-        // Consecutive blocks with the same source are read with one call.
-        for run in self.present.runs(blocks_of(&range)) {
-            let start = run
-                .blocks
-                .start
-                .saturating_mul(OVERLAY_BLOCK_SIZE)
-                .max(range.start);
-            let end = run
-                .blocks
-                .end
-                .saturating_mul(OVERLAY_BLOCK_SIZE)
-                .min(range.end);
-            let piece = buf
-                .get_mut(to_index(start - range.start)?..to_index(end - range.start)?)
-                .ok_or_else(|| invalid("overlay read outside its buffer"))?;
-            if run.present {
-                self.file.read_exact_at(piece, start)?;
-            } else {
-                self.base.read_at(piece, start)?;
-            }
-        }
-        Ok(())
+        self.checked_range(offset, buf.len())?;
+        let base = &mut self.base;
+        read_blocks(
+            &self.file,
+            &self.present,
+            self.size,
+            buf,
+            offset,
+            |run, at| base.read_at(run, at),
+        )
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -149,6 +142,97 @@ impl<B: BlockBackend> BlockBackend for FileOverlay<B> {
         // The base is never written, so only the overlay file has anything to make durable.
         self.file.sync_data()
     }
+
+    /// The base freezes first (if it cannot, nothing changes); then the file and its bitmap
+    /// (moved, not copied) become a layer over it, and this overlay stops writing the file.
+    fn freeze(&mut self) -> Result<Arc<FrozenLayer>, BlockForkError> {
+        let below = self.base.freeze()?;
+        let present = std::mem::replace(&mut self.present, Bitmap::empty());
+        Ok(FrozenLayer::blocks(self.file.clone(), present, below))
+    }
+
+    /// The block bitmap; the blocks' bytes are in the overlay file. Refused over a frozen
+    /// layer, whose contents the bitmap does not describe.
+    fn save_overlay(&self) -> Result<Option<OverlayState>, OverlaySaveError> {
+        if self.base.frozen_layer().is_some() {
+            return Err(OverlaySaveError::FileOverlayOverFrozenLayer);
+        }
+        Ok(Some(OverlayState::File(self.save())))
+    }
+}
+
+/// Fills `buf` with the disk at `offset` (the caller keeps it within `size`): the blocks
+/// `present` says `file` holds from `file`, every run of others from `below(run, offset)`.
+/// Consecutive blocks with the same source are read with one call.
+pub(super) fn read_blocks(
+    file: &File,
+    present: &Bitmap,
+    size: u64,
+    buf: &mut [u8],
+    offset: u64,
+    mut below: impl FnMut(&mut [u8], u64) -> io::Result<()>,
+) -> io::Result<()> {
+    let end = offset
+        .checked_add(buf.len() as u64)
+        .filter(|&end| end <= size)
+        .ok_or_else(|| invalid("overlay read past the end of the disk"))?;
+    let range = offset..end;
+    for run in present.runs(blocks_of(&range)) {
+        let start = run
+            .blocks
+            .start
+            .saturating_mul(OVERLAY_BLOCK_SIZE)
+            .max(range.start);
+        let end = run
+            .blocks
+            .end
+            .saturating_mul(OVERLAY_BLOCK_SIZE)
+            .min(range.end);
+        let piece = buf
+            .get_mut(to_index(start - range.start)?..to_index(end - range.start)?)
+            .ok_or_else(|| invalid("overlay read outside its buffer"))?;
+        if run.present {
+            file.read_exact_at(piece, start)?;
+        } else {
+            below(piece, start)?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds to `map` each sector of the blocks `present` says `file` holds that `map` lacks; a
+/// sector cut short by the end of the disk (`size`) is padded with zeros.
+pub(super) fn collect_blocks(
+    file: &File,
+    present: &Bitmap,
+    size: u64,
+    map: &mut SectorMap,
+) -> io::Result<()> {
+    let mut block = [0u8; OVERLAY_BLOCK_SIZE as usize];
+    for index in present.iter_set() {
+        let start = index * OVERLAY_BLOCK_SIZE;
+        let len = size.saturating_sub(start).min(OVERLAY_BLOCK_SIZE) as usize;
+        let first = start / SECTOR_SIZE;
+        let sectors = first..first + (len as u64).div_ceil(SECTOR_SIZE);
+        if sectors.clone().all(|sector| map.contains_key(&sector)) {
+            continue;
+        }
+        let data = block
+            .get_mut(..len)
+            .ok_or_else(|| invalid("overlay block longer than 4 KiB"))?;
+        file.read_exact_at(data, start)?;
+        for (sector, chunk) in sectors.zip(data.chunks(SECTOR_SIZE as usize)) {
+            if let Entry::Vacant(e) = map.entry(sector) {
+                let mut bytes = [0u8; SECTOR_SIZE as usize];
+                bytes
+                    .get_mut(..chunk.len())
+                    .ok_or_else(|| invalid("sector longer than 512 bytes"))?
+                    .copy_from_slice(chunk);
+                e.insert(Arc::new(bytes));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The blocks a byte range touches (empty for an empty range).
@@ -168,7 +252,7 @@ fn invalid(msg: &'static str) -> io::Error {
 }
 
 /// One bit per block: set when the overlay file holds the block.
-struct Bitmap {
+pub(super) struct Bitmap {
     words: Vec<u64>,
     blocks: u64,
     count: u64,
@@ -194,6 +278,67 @@ impl Bitmap {
             words,
             blocks,
             count: 0,
+        })
+    }
+
+    /// A bitmap of no blocks, what a frozen overlay keeps.
+    pub(super) fn empty() -> Self {
+        Self {
+            words: Vec::new(),
+            blocks: 0,
+            count: 0,
+        }
+    }
+
+    /// A bitmap of `blocks` bits from saved `words`, refused unless there are exactly enough
+    /// words and no bit past `blocks` is set.
+    pub(super) fn from_words(words: Vec<u64>, blocks: u64) -> Result<Self, OverlayRestoreError> {
+        let expected = blocks.div_ceil(64);
+        if words.len() as u64 != expected {
+            return Err(OverlayRestoreError::BitmapLength {
+                words: words.len(),
+                expected,
+            });
+        }
+        let tail = blocks % 64;
+        if let (Some(&last), true) = (words.last(), tail != 0) {
+            if last >> tail != 0 {
+                return Err(OverlayRestoreError::BlockOutOfRange {
+                    block: blocks + u64::from((last >> tail).trailing_zeros()),
+                    blocks,
+                });
+            }
+        }
+        let count = words.iter().map(|w| u64::from(w.count_ones())).sum();
+        Ok(Self {
+            words,
+            blocks,
+            count,
+        })
+    }
+
+    /// The bits as saved: word `i` holds blocks `64 * i ..`, lowest bit first.
+    pub(super) fn words(&self) -> &[u64] {
+        &self.words
+    }
+
+    /// Number of blocks set.
+    pub(super) fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The blocks set, in order.
+    fn iter_set(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, &word)| {
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                if rest == 0 {
+                    return None;
+                }
+                let bit = rest.trailing_zeros();
+                rest &= rest - 1;
+                Some(i as u64 * 64 + u64::from(bit))
+            })
         })
     }
 

@@ -40,9 +40,13 @@ pub(super) fn harness_with(
     disk: Box<dyn BlockBackend>,
     read_only: bool,
 ) -> Harness {
+    harness_of(image, Block::new(disk, read_only, "zygote-disk").unwrap())
+}
+
+/// `block` behind a new transport, brought up by the mock driver.
+pub(super) fn harness_of(image: TempFile, block: Block) -> Harness {
     let mem = guest_memory();
     let irq = counting_interrupt();
-    let block = Block::new(disk, read_only, "zygote-disk").unwrap();
     let mut transport = MmioTransport::new(block, mem.clone(), irq.clone()).unwrap();
     let queue = MockQueue::new(&mem, GuestAddress(0x1_0000), QUEUE_SIZE);
     let features = transport.device().features();
