@@ -2,6 +2,8 @@
 //! device, drives each through the guest agent, and prints one line of figures:
 //!
 //! - `agent_rtt_us`: median round trip of an agent `ping` over vsock;
+//! - `agent_idle_rtt_us`: the same for a `ping` sent after 20 ms of quiet, when the guest is
+//!   asleep on the idle port (the wake-up is in it);
 //! - `vsock_mib_s`: host-to-guest stream throughput (64 MiB `sink`, checksum verified);
 //! - `blk_read_mib_s`: sequential disk reads through the agent (128 KiB requests; the data
 //!   also crosses vsock back to the host);
@@ -51,6 +53,16 @@ fn main() -> Result<(), Box<dyn Error>> {
     rtts.sort();
     let rtt = rtts[rtts.len() / 2];
 
+    let mut idle_rtts: Vec<Duration> = (0..25)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            let start = Instant::now();
+            agent.ping().map(|()| start.elapsed())
+        })
+        .collect::<Result<_, _>>()?;
+    idle_rtts.sort();
+    let idle_rtt = idle_rtts[idle_rtts.len() / 2];
+
     let data = vec![0xa5u8; 64 << 20];
     let mut expected = StreamChecksum::new();
     expected.update(&data);
@@ -90,8 +102,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         return Err(format!("the guest stopped with {exit:?}").into());
     }
     println!(
-        "agent_rtt_us={} vsock_mib_s={:.0} blk_read_mib_s={:.0} net_frames_s={:.0}",
+        "agent_rtt_us={} agent_idle_rtt_us={} vsock_mib_s={:.0} blk_read_mib_s={:.0} \
+         net_frames_s={:.0}",
         rtt.as_micros(),
+        idle_rtt.as_micros(),
         vsock_mib_s,
         blk_read_mib_s,
         net_frames_s

@@ -1,11 +1,15 @@
 //! The agent protocol decoder, both directions: any bytes decode to a frame or an error,
 //! never a panic, and what decodes encodes again to bytes that decode to the same value.
 //! (Byte equality is too strong: `Counter` answers two opcodes and encodes as one of them.)
+//! Every opcode is reached, `Identity` (17) included. The same bytes also go through the VM
+//! identity page's decoder, which the guest runs when it starts and whenever the generation
+//! it polls changes.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use zygote_guest_proto::agent::{Request, Response};
+use zygote_guest_proto::VmIdentity;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok((request, _)) = Request::decode(data) {
@@ -19,5 +23,8 @@ fuzz_target!(|data: &[u8]| {
             .encode(&mut out)
             .expect("a decoded response encodes");
         assert_eq!(Response::decode(&out[..n]), Ok((response, n)));
+    }
+    if let Some(identity) = VmIdentity::decode(data) {
+        assert_eq!(VmIdentity::decode(&identity.encode()), Some(identity));
     }
 });

@@ -292,6 +292,7 @@ fn exchange(conn: &mut Conn, port: u32) -> io::Result<()> {
 
 mod conn;
 mod ops;
+pub use ops::GuestIdentity;
 
 #[cfg(test)]
 mod tests;

@@ -18,7 +18,7 @@ use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap, ReadVolatile};
 use crate::arch::boot_params::{self as zero_page, BootInputs, BootParamsError};
 use crate::arch::layout::{
     ram_regions, BOOT_STACK_POINTER, BOOT_STACK_START, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START,
-    HIMEM_START, MMIO_GAP_START, ZERO_PAGE_START,
+    HIMEM_START, MMIO_GAP_START, VM_IDENTITY_SIZE, VM_IDENTITY_START, ZERO_PAGE_START,
 };
 use crate::arch::mptable::{self, MpTableError};
 use crate::arch::regs;
@@ -94,7 +94,8 @@ pub fn load<K: Read + Seek + ReadVolatile>(
 }
 
 /// Places every region the boot writes: the kernel's segments, the command line, the initrd
-/// (of `initrd_size` bytes, if any), the zero page, the MP table and the boot CPU structures.
+/// (of `initrd_size` bytes, if any), the zero page, the MP table and the boot CPU structures;
+/// and reserves the VM identity page, which `Vm::create` writes next.
 pub fn plan(
     mem_size: u64,
     vcpus: u8,
@@ -147,6 +148,12 @@ pub fn plan(
     for (start, table) in regs::page_tables() {
         plan.add_bytes(RegionName::PageTables, start, table)?;
     }
+    plan.add(
+        RegionName::VmIdentity,
+        VM_IDENTITY_START,
+        VM_IDENTITY_SIZE,
+        Contents::Nothing,
+    )?;
     let stack_len = BOOT_STACK_POINTER - BOOT_STACK_START.0;
     plan.add(
         RegionName::BootStack,

@@ -1,12 +1,13 @@
 //! Run-state shared by a VM's handle and its vCPU threads: pause, resume, stop, and the exit
 //! reason, with the kicks that pull vCPUs out of `KVM_RUN`.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use zygote_devices::{VmRequest, VmRequestSink};
 
 use crate::exit::{ExitReason, GuestFault};
+use crate::idle::{Doorbell, IdleWaiter};
 use crate::vcpu::Kick;
 
 /// The state of a VM as its owner sees it.
@@ -49,6 +50,8 @@ struct State {
 pub(crate) struct VmControl {
     state: Mutex<State>,
     changed: Condvar,
+    /// Rung with every kick, so a vCPU sleeping on the idle port wakes for it too.
+    doorbell: Arc<Doorbell>,
 }
 
 /// How long `pause` waits for every vCPU to park before reporting failure.
@@ -57,7 +60,8 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
 
 impl VmControl {
-    pub(crate) fn new(vcpus: usize) -> Self {
+    /// Control for `vcpus` vCPUs whose idle waits end on `doorbell`.
+    pub(crate) fn new(vcpus: usize, doorbell: Arc<Doorbell>) -> Self {
         Self {
             state: Mutex::new(State {
                 run: VmState::Running,
@@ -67,7 +71,21 @@ impl VmControl {
                 exit: None,
             }),
             changed: Condvar::new(),
+            doorbell,
         }
+    }
+
+    /// The idle-port side of the doorbell for one vCPU thread.
+    pub(crate) fn idle_waiter(&self) -> IdleWaiter {
+        self.doorbell.waiter()
+    }
+
+    /// Pulls every registered vCPU out of `KVM_RUN` and out of an idle wait.
+    fn kick_all(&self, state: &State) {
+        for kick in state.kicks.iter().flatten() {
+            kick.kick();
+        }
+        self.doorbell.ring();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -87,7 +105,7 @@ impl VmControl {
         state.vcpus_alive += 1;
         state.kicks[index] = Some(kick);
         if state.run == VmState::Stopped {
-            kick_all(&state);
+            self.kick_all(&state);
         }
     }
 
@@ -143,9 +161,19 @@ impl VmControl {
             state.exit = Some(reason);
         }
         state.run = VmState::Stopped;
-        kick_all(&state);
+        self.kick_all(&state);
         drop(state);
         self.changed.notify_all();
+    }
+
+    /// The Linux thread ids of the vCPU threads running now, in vCPU order.
+    pub(crate) fn thread_ids(&self) -> Vec<u32> {
+        self.lock()
+            .kicks
+            .iter()
+            .flatten()
+            .map(|kick| kick.thread_id())
+            .collect()
     }
 
     /// How many vCPU threads are registered for kicks.
@@ -180,7 +208,7 @@ impl VmControl {
                 self.changed.notify_all();
                 return Err(PauseError::Timeout { parked, alive });
             }
-            kick_all(&state);
+            self.kick_all(&state);
             state = self.wait(state, KICK_INTERVAL);
         }
         match state.run {
@@ -229,12 +257,6 @@ impl VmControl {
     }
 }
 
-fn kick_all(state: &State) {
-    for kick in state.kicks.iter().flatten() {
-        kick.kick();
-    }
-}
-
 impl VmRequestSink for VmControl {
     fn request(&self, request: VmRequest) {
         let reason = match request {
@@ -253,6 +275,45 @@ mod tests {
     use kvm_bindings::kvm_run;
 
     use super::*;
+    use crate::idle::Wake;
+
+    /// A vCPU thread whose guest does nothing but sleep on the idle port for an hour at a time;
+    /// returns why each sleep ended.
+    fn sleepy_vcpu(control: Arc<VmControl>) -> std::thread::JoinHandle<Vec<Wake>> {
+        crate::vcpu::install_kick_handler().unwrap();
+        std::thread::spawn(move || {
+            let mut run = Box::new(kvm_run::default());
+            control.register(0, Kick::for_current_thread(&mut run));
+            let mut idle = control.idle_waiter();
+            let mut wakes = Vec::new();
+            while let Next::Run = control.next(&mut || {}) {
+                wakes.push(idle.wait(Duration::from_secs(3600)));
+            }
+            control.unregister(0);
+            wakes
+        })
+    }
+
+    #[test]
+    fn pause_and_stop_wake_a_vcpu_sleeping_on_the_idle_port() {
+        let doorbell = Arc::new(Doorbell::default());
+        let control = Arc::new(VmControl::new(1, doorbell.clone()));
+        let vcpu = sleepy_vcpu(control.clone());
+        let asleep = || {
+            while doorbell.sleepers() == 0 {
+                std::thread::yield_now();
+            }
+        };
+        for _ in 0..3 {
+            asleep();
+            control.pause().expect("the sleeping vCPU parks");
+            control.resume().unwrap();
+        }
+        asleep();
+        control.finish(ExitReason::Shutdown);
+        let wakes = vcpu.join().unwrap();
+        assert!(wakes.iter().all(|&wake| wake == Wake::Rung), "{wakes:?}");
+    }
 
     /// A vCPU thread that registers and then never comes back to `next()` (stuck in a device).
     fn stuck_vcpu(control: &Arc<VmControl>) -> Box<kvm_run> {
@@ -264,7 +325,7 @@ mod tests {
     #[test]
     fn a_pause_cut_short_by_a_stop_says_so_instead_of_blaming_the_state() {
         crate::vcpu::install_kick_handler().unwrap();
-        let control = Arc::new(VmControl::new(1));
+        let control = Arc::new(VmControl::new(1, Arc::new(Doorbell::default())));
         let _run = stuck_vcpu(&control);
         let stopper = control.clone();
         let thread = std::thread::spawn(move || {
@@ -282,7 +343,7 @@ mod tests {
     #[test]
     fn a_pause_cut_short_by_a_resume_says_so() {
         crate::vcpu::install_kick_handler().unwrap();
-        let control = Arc::new(VmControl::new(1));
+        let control = Arc::new(VmControl::new(1, Arc::new(Doorbell::default())));
         let _run = stuck_vcpu(&control);
         let resumer = control.clone();
         let thread = std::thread::spawn(move || {

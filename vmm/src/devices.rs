@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
 use zygote_devices::virtio::block::{
-    storage_kind, Block, BlockBackend, BlockError, FileOverlay, Overlay, RawFile, StorageKind,
+    storage_kind, Block, BlockBackend, BlockError, FileOverlay, Overlay, OverlayState, RawFile,
+    StorageKind,
 };
 use zygote_devices::virtio::mmio::MmioTransport;
 use zygote_devices::virtio::net::{Net, NetBackend, NetError, PacketBackend, Tap, TapError};
@@ -169,6 +170,20 @@ pub enum DeviceError {
         /// The image path.
         image: PathBuf,
     },
+    /// A snapshot's overlay could not be rebuilt over the disk.
+    #[error("block: cannot restore the overlay of {path}: {source}")]
+    OverlayRestore {
+        /// The image path.
+        path: PathBuf,
+        /// What was wrong with the saved overlay.
+        source: zygote_devices::virtio::block::OverlayRestoreError,
+    },
+    /// The snapshot's disk had an overlay of another kind than the restore gives it.
+    #[error("block: the snapshot of {path} saved an overlay the restore's BlockConfig lacks (use .overlay() for an in-memory one, .overlay_file(same path) for a file one)")]
+    OverlayKindMismatch {
+        /// The image path.
+        path: PathBuf,
+    },
     /// The block device refused its configuration.
     #[error("block: {0}")]
     Block(#[from] BlockError),
@@ -289,6 +304,17 @@ pub(crate) fn block_backend(
     config: &BlockConfig,
     created: &mut CreatedFiles,
 ) -> Result<Box<dyn BlockBackend>, DeviceError> {
+    block_backend_with(config, created, None)
+}
+
+/// [`block_backend`], with the overlay rebuilt from `saved` (a snapshot's) instead of empty.
+/// A saved in-memory overlay needs `config.overlay()`; a saved file overlay's bitmap needs
+/// `config.overlay_file(path)` naming the same overlay file, which is then kept, not emptied.
+pub(crate) fn block_backend_with(
+    config: &BlockConfig,
+    created: &mut CreatedFiles,
+    saved: Option<&OverlayState>,
+) -> Result<Box<dyn BlockBackend>, DeviceError> {
     check_image_type(&config.path).map_err(|source| DeviceError::BlockOpen {
         path: config.path.clone(),
         source,
@@ -304,10 +330,33 @@ pub(crate) fn block_backend(
         .map_err(open_error)?;
     let image = file.metadata().map_err(open_error)?;
     let raw = RawFile::new(file).map_err(open_error)?;
-    Ok(match &config.overlay {
-        None => Box::new(raw),
-        Some(BlockOverlay::Memory) => Box::new(Overlay::new(raw)),
-        Some(BlockOverlay::File(path)) => {
+    let restore_error = |source| DeviceError::OverlayRestore {
+        path: config.path.clone(),
+        source,
+    };
+    Ok(match (&config.overlay, saved) {
+        (None, None) => Box::new(raw),
+        (Some(BlockOverlay::Memory), None) => Box::new(Overlay::new(raw)),
+        (Some(BlockOverlay::Memory), Some(OverlayState::Memory(state))) => {
+            Box::new(Overlay::restore(raw, state).map_err(restore_error)?)
+        }
+        (Some(BlockOverlay::File(path)), Some(OverlayState::File(state))) => {
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|source| DeviceError::OverlayCreate {
+                    path: path.clone(),
+                    source,
+                })?;
+            Box::new(FileOverlay::restore(raw, file, state).map_err(restore_error)?)
+        }
+        (_, Some(_)) => {
+            return Err(DeviceError::OverlayKindMismatch {
+                path: config.path.clone(),
+            })
+        }
+        (Some(BlockOverlay::File(path)), None) => {
             let overlay = overlay_file(path, &image, &config.path, created)?;
             Box::new(FileOverlay::new(raw, overlay).map_err(|source| {
                 DeviceError::OverlayCreate {

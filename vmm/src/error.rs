@@ -56,6 +56,9 @@ pub enum Error {
     /// The kernel or its boot data could not be loaded.
     #[error(transparent)]
     Boot(#[from] BootError),
+    /// The VM identity page could not be written.
+    #[error(transparent)]
+    Identity(#[from] crate::arch::identity::IdentityError),
     /// A vCPU could not be created, configured or started.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),

@@ -15,6 +15,7 @@ mod control;
 mod devices;
 mod error;
 mod exit;
+mod idle;
 mod memory;
 pub mod snapshot;
 pub mod state;

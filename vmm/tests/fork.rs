@@ -89,6 +89,41 @@ fn parent_and_child_each_see_only_their_own_writes() {
 }
 
 #[test]
+fn each_clone_has_its_own_generation_id_and_random_state() {
+    let mut parent = agent_vm(
+        "fork-identity",
+        AgentOpts {
+            packet_nic: true,
+            ..Default::default()
+        },
+    )
+    .vm;
+    let before = agent_of(&parent).identity().unwrap();
+    assert_eq!(before.generation, 0);
+    let mut child = fork(&mut parent);
+    let sibling = fork(&mut parent);
+    let grandchild = fork(&mut child);
+    let parent_now = agent_of(&parent).identity().unwrap();
+    let ids: Vec<_> = [&child, &sibling, &grandchild]
+        .into_iter()
+        .map(|vm| agent_of(vm).identity().unwrap())
+        .collect();
+    assert_eq!((parent_now.generation, parent_now.id), (0, before.id));
+    assert_eq!(parent_now.seed, before.seed, "the parent did not reseed");
+    let generations: Vec<_> = ids.iter().map(|i| i.generation).collect();
+    assert_eq!(generations, [1, 1, 2]);
+    for (i, clone) in ids.iter().enumerate() {
+        assert_ne!(clone.id, before.id);
+        assert_ne!(clone.seed, before.seed, "clone {i} reseeded");
+        for other in &ids[i + 1..] {
+            assert_ne!(clone.id, other.id);
+            assert_ne!(clone.seed, other.seed);
+            assert_ne!(clone.random, other.random);
+        }
+    }
+}
+
+#[test]
 fn five_generations_each_keep_their_own_counter() {
     let mut vm = agent_vm(
         "fork-gen",

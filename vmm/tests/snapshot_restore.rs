@@ -346,3 +346,63 @@ fn diff_chains_and_their_merge_restore_exactly() {
     // A diff alone is not a snapshot.
     assert!(Snapshot::load(&dirs[2]).is_err());
 }
+
+#[test]
+fn a_disk_overlay_comes_back_with_its_sectors() {
+    let image = disk_image("snap-overlay.img", 1 << 20);
+    let base = std::fs::read(&image).unwrap();
+    let overlay_file = temp_path("snap-overlay.cow");
+    for (tag, config) in [
+        ("memory", BlockConfig::new(&image).overlay()),
+        ("file", BlockConfig::new(&image).overlay_file(&overlay_file)),
+    ] {
+        let parent = agent_vm(
+            &format!("snap-overlay-{tag}"),
+            AgentOpts {
+                block: Some(config.clone()),
+                ..Default::default()
+            },
+        );
+        let mut agent = parent.vm.agent().unwrap();
+        agent.disk_write(20, &[0x42; 1024]).unwrap();
+        drop(agent);
+        parent.vm.pause().unwrap();
+        let dir = snapshot_dir(&format!("snap-overlay-{tag}-dir"));
+        parent.vm.snapshot(&dir, MemoryFormat::Raw).unwrap();
+        drop(parent);
+        let snapshot = Snapshot::load(&dir).unwrap();
+        let uds = temp_path(&format!("snap-overlay-{tag}-restored.vsock"));
+        let restore = |block: BlockConfig| RestoreConfig {
+            devices: DeviceResources {
+                blocks: vec![block],
+                nets: Vec::new(),
+                vsock: Some(VsockConfig {
+                    guest_cid: 3,
+                    uds_path: uds.clone(),
+                }),
+            },
+            ..Default::default()
+        };
+        // Giving the disk back without the overlay it was saved with is refused.
+        let err = Vm::restore_snapshot(
+            &snapshot,
+            &mut MmapEngine::new(),
+            restore(BlockConfig::new(&image)),
+        )
+        .err()
+        .expect("refused");
+        assert!(err.to_string().contains("overlay"), "{tag}: {err}");
+        let mut vm = Vm::restore_snapshot(&snapshot, &mut MmapEngine::new(), restore(config))
+            .unwrap()
+            .start()
+            .unwrap();
+        let mut agent = vm.agent().unwrap();
+        assert_eq!(agent.disk_read(20, 2).unwrap(), vec![0x42; 1024], "{tag}");
+        vm.shutdown().unwrap();
+        assert_eq!(
+            std::fs::read(&image).unwrap(),
+            base,
+            "{tag}: the image was written"
+        );
+    }
+}

@@ -11,6 +11,11 @@ use vmm_sys_util::eventfd::EventFd;
 pub trait InterruptLine: Send + Sync {
     /// Raises the interrupt once.
     fn trigger(&self) -> io::Result<()>;
+
+    /// The device put buffers on a used ring and the driver asked not to be interrupted for
+    /// them (`VIRTQ_AVAIL_F_NO_INTERRUPT`, virtio 1.2 §2.7.7): a polling driver. A VMM whose
+    /// vCPUs sleep while such a guest idles wakes them here. Default: nothing.
+    fn used_buffers(&self) {}
 }
 
 /// An [`InterruptLine`] backed by an eventfd, which the VMM registers as a KVM irqfd.
@@ -66,6 +71,12 @@ impl Interrupt {
     /// Tells the driver it has new used buffers.
     pub fn signal_used_queue(&self) -> io::Result<()> {
         self.raise(VIRTIO_MMIO_INT_VRING)
+    }
+
+    /// Says the device returned used buffers without interrupting (the driver polls); see
+    /// [`InterruptLine::used_buffers`].
+    pub(crate) fn note_used_buffers(&self) {
+        self.inner.line.used_buffers();
     }
 
     /// Tells the driver the device configuration (or the device status) changed.

@@ -10,7 +10,9 @@
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{Interrupt, Memory};
 
@@ -84,16 +86,37 @@ impl Pass {
         }
     }
 
-    /// Ends the pass: interrupts the driver if chains were returned and it wants to know.
-    /// Returns whether the pass stopped at its bound with chains still available, i.e. the
-    /// device has work left on this queue.
+    /// Ends the pass: interrupts the driver if chains were returned and it wants to know, or
+    /// else tells the line they were returned (a polling driver's VMM may be waiting for
+    /// that). Returns whether the pass stopped at its bound with chains still available, i.e.
+    /// the device has work left on this queue.
     pub(crate) fn finish(self, queue: &mut Queue, mem: &Memory, interrupt: &Interrupt) -> bool {
-        if self.used && queue.needs_notification(mem).unwrap_or(true) {
-            // A failed interrupt only delays the driver noticing; nothing else to do.
-            let _ = interrupt.signal_used_queue();
+        if self.used {
+            if wants_interrupt(queue, mem) {
+                // A failed interrupt only delays the driver noticing; nothing else to do.
+                let _ = interrupt.signal_used_queue();
+            } else {
+                interrupt.note_used_buffers();
+            }
         }
         !self.broken && self.left == 0 && has_available(queue, mem)
     }
+}
+
+/// Whether the driver wants an interrupt for the used buffers just added. Without
+/// `VIRTIO_F_EVENT_IDX` that is the available ring's flags not holding
+/// `VIRTQ_AVAIL_F_NO_INTERRUPT` (virtio 1.2 §2.7.7.2: the device SHOULD NOT interrupt when it
+/// is set), which virtio-queue does not check itself; with it, virtio-queue's `used_event`
+/// test. An unreadable ring errs on the side of interrupting.
+fn wants_interrupt(queue: &mut Queue, mem: &Memory) -> bool {
+    if !queue.event_idx_enabled() {
+        let flags = mem.read_obj::<u16>(GuestAddress(queue.avail_ring()));
+        if flags.is_ok_and(|flags| u32::from(u16::from_le(flags)) & VRING_AVAIL_F_NO_INTERRUPT != 0)
+        {
+            return false;
+        }
+    }
+    queue.needs_notification(mem).unwrap_or(true)
 }
 
 /// Whether the driver made chains available that the device has not taken yet (false when
@@ -107,8 +130,6 @@ pub(crate) fn has_available(queue: &Queue, mem: &Memory) -> bool {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-
-    use vm_memory::GuestAddress;
 
     use super::*;
     use crate::virtio::testing::{counting_interrupt, guest_memory, Desc, MockQueue};
@@ -146,6 +167,36 @@ mod tests {
         assert!(pass.finish(&mut queue, &mem, &interrupt), "work is left");
         assert_eq!(line.count(), 1);
         assert!(!interrupt.needs_reset());
+    }
+
+    #[test]
+    fn used_buffers_a_polling_driver_asked_no_interrupt_for_are_still_told_to_the_line() {
+        let mem = guest_memory();
+        let mut mock = MockQueue::new(&mem, GuestAddress(0x1000), 4);
+        let mut queue = ready_queue(&mem, &mock);
+        let line = counting_interrupt();
+        let interrupt = Interrupt::new(line.clone());
+        mock.set_avail_flags(&mem, 1);
+        for round in 1..=2 {
+            mock.add_chain(&mem, &[Desc::writable(0x10_0000, 8)]);
+            let mut pass = Pass::new(&queue);
+            let chain = pass.pop(&mut queue, &mem, &interrupt).unwrap();
+            assert!(pass.add_used(&mut queue, &mem, &interrupt, chain.head_index(), 0));
+            assert!(!pass.finish(&mut queue, &mem, &interrupt));
+            assert_eq!((line.count(), line.quiet_count()), (0, round));
+        }
+        // A pass that returns nothing says nothing.
+        let pass = Pass::new(&queue);
+        pass.finish(&mut queue, &mem, &interrupt);
+        assert_eq!((line.count(), line.quiet_count()), (0, 2));
+        // Interrupts wanted again: the line is raised instead.
+        mock.set_avail_flags(&mem, 0);
+        mock.add_chain(&mem, &[Desc::writable(0x10_0000, 8)]);
+        let mut pass = Pass::new(&queue);
+        let chain = pass.pop(&mut queue, &mem, &interrupt).unwrap();
+        assert!(pass.add_used(&mut queue, &mem, &interrupt, chain.head_index(), 0));
+        pass.finish(&mut queue, &mem, &interrupt);
+        assert_eq!((line.count(), line.quiet_count()), (1, 2));
     }
 
     #[test]

@@ -22,21 +22,34 @@ pub fn guest_memory() -> Memory {
         .expect("mock guest memory")
 }
 
-/// An interrupt line that counts how often it was raised.
+/// An interrupt line that counts how often it was raised, and how often buffers were used
+/// without raising it.
 #[derive(Debug, Default)]
-pub struct CountingInterrupt(AtomicUsize);
+pub struct CountingInterrupt {
+    raised: AtomicUsize,
+    quiet: AtomicUsize,
+}
 
 impl CountingInterrupt {
     /// How many times the line was raised.
     pub fn count(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
+        self.raised.load(Ordering::SeqCst)
+    }
+
+    /// How many times buffers were used without an interrupt ([`InterruptLine::used_buffers`]).
+    pub fn quiet_count(&self) -> usize {
+        self.quiet.load(Ordering::SeqCst)
     }
 }
 
 impl InterruptLine for CountingInterrupt {
     fn trigger(&self) -> std::io::Result<()> {
-        self.0.fetch_add(1, Ordering::SeqCst);
+        self.raised.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn used_buffers(&self) {
+        self.quiet.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -161,6 +174,13 @@ impl MockQueue {
         let addr = self.avail_ring.unchecked_add(4 + 2 * slot);
         mem.write_obj(head.to_le(), addr).expect("avail ring");
         self.set_avail_idx(mem, self.avail_idx.wrapping_add(1));
+    }
+
+    /// Sets the available ring's flags (`VRING_AVAIL_F_NO_INTERRUPT` = 1 asks for no
+    /// interrupts).
+    pub fn set_avail_flags(&self, mem: &Memory, flags: u16) {
+        mem.write_obj(flags.to_le(), self.avail_ring)
+            .expect("avail ring");
     }
 
     /// Sets the available index to anything (hostile drivers lie about it).

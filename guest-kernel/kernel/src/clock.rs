@@ -37,6 +37,11 @@ impl Clock {
         unsafe { _rdtsc() }
     }
 
+    /// TSC ticks in `us` microseconds.
+    pub fn ticks_us(&self, us: u64) -> u64 {
+        (self.hz / 1_000_000).saturating_mul(us)
+    }
+
     /// A deadline `ms` milliseconds from now.
     pub fn deadline_ms(&self, ms: u64) -> Deadline {
         let ticks = (self.hz / 1000).saturating_mul(ms);

@@ -15,6 +15,8 @@ mod cmdline;
 mod console;
 mod exit;
 mod hostile;
+mod identity;
+mod idle;
 mod string_io;
 mod virtio;
 mod workloads;

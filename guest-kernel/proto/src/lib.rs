@@ -24,6 +24,7 @@
 pub mod agent;
 mod hostile;
 mod hostile_queue;
+mod identity;
 mod lines;
 mod mmio;
 mod pattern;
@@ -39,6 +40,7 @@ pub use hostile_queue::{
     BadBuf, HostileQueue, HostileQueueId, BAD_HUGE_LEN, BAD_MMIO_GAP, BAD_OUTSIDE_RAM,
     HOSTILE_QUEUE_PREFIX,
 };
+pub use identity::{VmIdentity, VM_IDENTITY_ADDR, VM_IDENTITY_LEN, VM_IDENTITY_MAGIC, VM_ID_LEN};
 pub use lines::{
     ExceptionReport, TouchResult, ERROR_PREFIX, EXCEPTION_PREFIX, LINE_PREFIX, PANIC_PREFIX,
     READY_LINE, TOUCH_PREFIX,
@@ -47,6 +49,7 @@ pub use mmio::{MmioDevice, MAX_MMIO_DEVICES, VIRTIO_MMIO_KEY};
 pub use pattern::{pattern_checksum, pattern_word, Checksum, PATTERN_MULTIPLIER, WORDS_PER_MIB};
 pub use ports::{
     exit_code, COM1_PORT, DEBUG_EXIT_PORT, FAULT_PORT, I8042_COMMAND_PORT, I8042_RESET_COMMAND,
+    IDLE_MAX_WAIT_US, IDLE_PORT,
 };
 pub use string_io::{
     StringIoReport, INSB_LEN, INSD_COUNT, INSW_COUNT, STRING_IO_INPUT, STRING_IO_OUT_LINES,

@@ -11,6 +11,18 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// Fault report: a 32-bit `out` of an exception vector to this port ends the VM as a guest fault.
 pub const FAULT_PORT: u16 = 0xf8;
 
+/// Idle: a 32-bit `out` to this port tells the VMM the guest found no work; the value is the
+/// longest the guest wants to sleep, in microseconds (the VMM caps it at [`IDLE_MAX_WAIT_US`]).
+/// The `out` returns once there may be work: a device made something visible to the guest (a
+/// used buffer, whether or not the driver asked for an interrupt; a config change; serial
+/// input), the wait ran out, or the VMM wants the vCPU (pause, stop). It may also return early
+/// for no visible reason, so the guest polls again either way. Zygote's VMM only; other VMMs
+/// drop the write and the guest merely keeps polling.
+pub const IDLE_PORT: u16 = 0xf0;
+
+/// The longest one write to [`IDLE_PORT`] sleeps: 1 s.
+pub const IDLE_MAX_WAIT_US: u32 = 1_000_000;
+
 /// The i8042 keyboard controller's command port.
 pub const I8042_COMMAND_PORT: u16 = 0x64;
 

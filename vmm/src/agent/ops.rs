@@ -3,9 +3,24 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use zygote_guest_proto::agent::{Request, Response, StreamChecksum, DISK_ID_LEN};
+use zygote_guest_proto::agent::{Request, Response, StreamChecksum, DISK_ID_LEN, VM_ID_LEN};
 
 use super::{AgentClient, AgentError};
+
+/// The agent's answer to [`AgentClient::identity`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestIdentity {
+    /// The generation on the guest's identity page (0: booted from scratch; a clone's is one
+    /// more than its parent's).
+    pub generation: u64,
+    /// The VM id on that page.
+    pub id: [u8; VM_ID_LEN],
+    /// The seed of the agent's random state: new when the agent starts and whenever the
+    /// generation changes, the same otherwise.
+    pub seed: u64,
+    /// One fresh value from that random state.
+    pub random: u64,
+}
 
 fn unexpected(response: &Response<'_>) -> AgentError {
     AgentError::Unexpected(response.opcode())
@@ -164,6 +179,25 @@ impl AgentClient {
     pub fn connect_host(&mut self, port: u32, payload: &[u8]) -> Result<Vec<u8>, AgentError> {
         match self.call(&Request::ConnectHost { port, payload })? {
             Response::HostReply(bytes) => Ok(bytes.to_vec()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// What the guest knows of its identity (`zygote_guest_proto::VmIdentity`, read from the
+    /// identity page) and its random state: see [`GuestIdentity`].
+    pub fn identity(&mut self) -> Result<GuestIdentity, AgentError> {
+        match self.call(&Request::Identity)? {
+            Response::Identity {
+                generation,
+                id,
+                seed,
+                random,
+            } => Ok(GuestIdentity {
+                generation,
+                id,
+                seed,
+                random,
+            }),
             other => Err(unexpected(&other)),
         }
     }

@@ -3,7 +3,7 @@
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use vm_memory::GuestAddress;
 
-use super::layout::{ram_regions, EBDA_START, HIMEM_START};
+use super::layout::{ram_regions, EBDA_START, HIMEM_START, VM_IDENTITY_SIZE, VM_IDENTITY_START};
 
 /// e820 type of usable RAM.
 pub const E820_RAM: u32 = 1;
@@ -52,7 +52,17 @@ pub fn build(mem_size: u64, inputs: &BootInputs) -> Result<boot_params, BootPara
         params.ext_ramdisk_size = (size >> 32) as u32;
     }
 
-    add_e820(&mut params, 0, EBDA_START, E820_RAM)?;
+    // Low RAM, less the VM identity page, which only the VMM writes.
+    let identity = VM_IDENTITY_START.0;
+    let after_identity = identity + VM_IDENTITY_SIZE;
+    add_e820(&mut params, 0, identity, E820_RAM)?;
+    add_e820(&mut params, identity, VM_IDENTITY_SIZE, E820_RESERVED)?;
+    add_e820(
+        &mut params,
+        after_identity,
+        EBDA_START - after_identity,
+        E820_RAM,
+    )?;
     add_e820(
         &mut params,
         EBDA_START,
@@ -122,7 +132,9 @@ mod tests {
         assert_eq!(
             entries(&params),
             vec![
-                (0, EBDA_START, E820_RAM),
+                (0, 0x6000, E820_RAM),
+                (0x6000, 0x1000, E820_RESERVED),
+                (0x7000, EBDA_START - 0x7000, E820_RAM),
                 (EBDA_START, 0x10_0000 - EBDA_START, E820_RESERVED),
                 (0x10_0000, (128 << 20) - 0x10_0000, E820_RAM),
             ]
@@ -133,8 +145,8 @@ mod tests {
     fn e820_skips_the_mmio_gap() {
         let params = build(6 << 30, &inputs()).unwrap();
         let map = entries(&params);
-        assert_eq!(map.len(), 4);
-        assert_eq!(map[2], (0x10_0000, MMIO_GAP_START - 0x10_0000, E820_RAM));
-        assert_eq!(map[3], (MMIO_GAP_END, (6 << 30) - MMIO_GAP_START, E820_RAM));
+        assert_eq!(map.len(), 6);
+        assert_eq!(map[4], (0x10_0000, MMIO_GAP_START - 0x10_0000, E820_RAM));
+        assert_eq!(map[5], (MMIO_GAP_END, (6 << 30) - MMIO_GAP_START, E820_RAM));
     }
 }

@@ -3,8 +3,9 @@
 //! ```text
 //! 0x0000_0500  GDT (5 entries)        0x0000_9000  PML4
 //! 0x0000_0530  IDT (empty)            0x0000_a000  PDPT
-//! 0x0000_7000  zero page              0x0000_b000  PD (first 1 GiB, 2 MiB pages)
-//! 0x0000_8000  boot stack, top 0x8ff0 0x0002_0000  kernel command line
+//! 0x0000_6000  VM identity page       0x0000_b000  PD (first 1 GiB, 2 MiB pages)
+//! 0x0000_7000  zero page              0x0002_0000  kernel command line
+//! 0x0000_8000  boot stack, top 0x8ff0
 //! 0x0009_fc00  EBDA (reserved up to 1 MiB)
 //! 0x0010_0000  kernel (ELF physical addresses), then free RAM
 //! 0xc000_0000  MMIO gap up to 4 GiB: virtio-mmio devices from 0xd000_0000, TSS and
@@ -18,6 +19,10 @@ use vm_memory::GuestAddress;
 pub const BOOT_GDT_START: GuestAddress = GuestAddress(0x500);
 /// Where the (empty) boot IDT is written: after the GDT's five entries (0x500..0x528).
 pub const BOOT_IDT_START: GuestAddress = GuestAddress(0x530);
+/// The VM identity page ([`super::identity`]), reserved in the e820 map.
+pub const VM_IDENTITY_START: GuestAddress = GuestAddress(zygote_guest_proto::VM_IDENTITY_ADDR);
+/// Its size: one page.
+pub const VM_IDENTITY_SIZE: u64 = 4096;
 /// The Linux zero page (`struct boot_params`).
 pub const ZERO_PAGE_START: GuestAddress = GuestAddress(0x7000);
 /// Lowest address of the stack the boot vCPU enters the kernel with.

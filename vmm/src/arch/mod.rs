@@ -2,6 +2,7 @@
 
 pub mod boot_params;
 pub mod cpuid;
+pub mod identity;
 pub mod lapic;
 pub mod layout;
 pub mod mptable;

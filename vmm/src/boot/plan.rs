@@ -36,6 +36,9 @@ pub enum RegionName {
     MpTable,
     /// The initial ramdisk.
     Initrd,
+    /// The VM identity page (`crate::arch::identity`). Only reserved here: its contents are
+    /// random and the fork path rewrites them, so `arch::identity::write` fills it.
+    VmIdentity,
 }
 
 impl fmt::Display for RegionName {
@@ -50,6 +53,7 @@ impl fmt::Display for RegionName {
             RegionName::BootStack => f.write_str("the boot stack"),
             RegionName::MpTable => f.write_str("the MP table"),
             RegionName::Initrd => f.write_str("the initrd"),
+            RegionName::VmIdentity => f.write_str("the VM identity page"),
         }
     }
 }

@@ -212,6 +212,7 @@ fn a_segment_over_any_boot_structure_is_refused() {
         (PML4_START.0, RegionName::PageTables),
         (0xb800, RegionName::PageTables),
         (CMDLINE_START.0, RegionName::Cmdline),
+        (0x6000, RegionName::VmIdentity),
     ];
     for (at, name) in cases {
         let mem = memory(8 * MIB);
@@ -339,6 +340,7 @@ fn every_boot_region_is_disjoint_for_the_largest_command_line_and_mp_table() {
         RegionName::BootStack,
         RegionName::MpTable,
         RegionName::Initrd,
+        RegionName::VmIdentity,
     ] {
         assert!(names.contains(&name), "{name} is planned");
     }

@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 use virtio_queue::QueueState;
 use zygote_devices::legacy::SerialState;
-use zygote_devices::virtio::block::BlockState;
+use zygote_devices::virtio::block::{
+    BlockState, FileOverlayState, MemoryOverlayState, OverlayState,
+};
 use zygote_devices::virtio::mmio::MmioTransportState;
 use zygote_devices::virtio::net::{NetState, NetStatsSnapshot};
 use zygote_devices::virtio::vsock::{VsockConfig, VsockState};
@@ -213,5 +215,76 @@ impl From<Devices> for DeviceStates {
                 device: v.device,
             }),
         }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+enum Overlay {
+    Memory {
+        disk_size: u64,
+        sectors: Vec<u64>,
+        data: Vec<u8>,
+    },
+    File {
+        disk_size: u64,
+        present: Vec<u64>,
+    },
+}
+
+/// Each disk's overlay as the snapshot file stores it (checked on restore by the overlays'
+/// own `restore`).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Overlays(Vec<Option<Overlay>>);
+
+impl From<&[Option<OverlayState>]> for Overlays {
+    fn from(all: &[Option<OverlayState>]) -> Self {
+        Self(
+            all.iter()
+                .map(|o| {
+                    o.as_ref().map(|o| match o {
+                        OverlayState::Memory(m) => Overlay::Memory {
+                            disk_size: m.disk_size,
+                            sectors: m.sectors.clone(),
+                            data: m.data.clone(),
+                        },
+                        OverlayState::File(f) => Overlay::File {
+                            disk_size: f.disk_size,
+                            present: f.present.clone(),
+                        },
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+impl From<Overlays> for Vec<Option<OverlayState>> {
+    fn from(all: Overlays) -> Self {
+        all.0
+            .into_iter()
+            .map(|o| {
+                o.map(|o| match o {
+                    Overlay::Memory {
+                        disk_size,
+                        sectors,
+                        data,
+                    } => OverlayState::Memory(MemoryOverlayState {
+                        disk_size,
+                        sectors,
+                        data,
+                    }),
+                    Overlay::File { disk_size, present } => {
+                        OverlayState::File(FileOverlayState { disk_size, present })
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+impl Devices {
+    /// How many disks the state has.
+    pub(crate) fn block_count(&self) -> usize {
+        self.blocks.len()
     }
 }

@@ -28,12 +28,15 @@ use crate::error::Error;
 use crate::exit::ExitReason;
 use crate::memory::GuestRam;
 use crate::state::{CaptureError, MachineState, VcpuState, VmArchState};
-use crate::vm::{RestoreConfig, RunningVm, Vm};
+use crate::vm::{RestoreConfig, RestoreExtras, RunningVm, Vm};
+use zygote_devices::virtio::block::OverlayState;
 
 /// The state file in a snapshot directory.
 pub const STATE_FILE: &str = "state";
 /// The memory image in a snapshot directory.
 pub const MEMORY_FILE: &str = "memory";
+/// The section holding each disk's overlay.
+const BLOCK_OVERLAYS: SectionId = SectionId(7);
 /// Version of every section this module writes.
 const SECTION_VERSION: u8 = 1;
 /// Most vCPUs a state file may describe (as [`crate::MAX_VCPUS`]).
@@ -101,6 +104,9 @@ pub enum SnapshotError {
     /// The state file could not be written.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// A disk's overlay could not be read for the snapshot.
+    #[error("cannot save a disk's overlay: {0}")]
+    Overlay(#[source] zygote_devices::virtio::block::OverlaySaveError),
     /// A diff snapshot needs a parent: a full snapshot of this VM taken since it was made,
     /// restored or forked, with write tracking available for its memory.
     #[error("a diff snapshot needs a previous full snapshot of this VM (since its last fork or lazy restore)")]
@@ -216,7 +222,8 @@ impl RunningVm {
             vcpus: state.vcpus.len() as u32,
             memory: format,
         };
-        state_file(&meta, &state)
+        let overlays = self.save_overlays()?;
+        state_file(&meta, &state, &overlays)
             .map_err(SnapshotError::Encode)?
             .write_atomic(&dir.join(STATE_FILE))?;
         match format {
@@ -242,6 +249,21 @@ impl RunningVm {
         })
     }
 
+    /// Each disk's overlay as plain data (the VM is paused).
+    fn save_overlays(&self) -> Result<Vec<Option<OverlayState>>, SnapshotError> {
+        self.core_devices()
+            .blocks
+            .iter()
+            .map(|transport| {
+                let transport = transport.lock().unwrap_or_else(|p| p.into_inner());
+                transport
+                    .device()
+                    .save_overlay()
+                    .map_err(SnapshotError::Overlay)
+            })
+            .collect()
+    }
+
     /// Snapshots the VM into `dir` and stops it: the seed product's `hibernate()`. Resume with
     /// [`Vm::restore_snapshot`] and a lazy engine. The VM must be paused.
     ///
@@ -258,7 +280,11 @@ impl RunningVm {
     }
 }
 
-fn state_file(meta: &Meta, state: &MachineState) -> Result<StateFileWriter, StateFileError> {
+fn state_file(
+    meta: &Meta,
+    state: &MachineState,
+    overlays: &[Option<OverlayState>],
+) -> Result<StateFileWriter, StateFileError> {
     let mut writer = StateFileWriter::new();
     writer
         .encoded(SectionId::VM_CONFIG, SECTION_VERSION, meta)?
@@ -268,6 +294,11 @@ fn state_file(meta: &Meta, state: &MachineState) -> Result<StateFileWriter, Stat
             SectionId::DEVICES,
             SECTION_VERSION,
             &codec::Devices::from(&state.devices),
+        )?
+        .encoded(
+            BLOCK_OVERLAYS,
+            SECTION_VERSION,
+            &codec::Overlays::from(overlays),
         )?;
     Ok(writer)
 }
@@ -280,6 +311,8 @@ pub struct Snapshot {
     state: MachineState,
     /// For a diff chain: the full snapshot at its bottom and the diffs below `dir`.
     chain: Option<(PathBuf, Meta, Vec<PathBuf>)>,
+    /// Each disk's overlay (its in-memory sectors, or its overlay file's block bitmap).
+    overlays: Vec<Option<OverlayState>>,
 }
 
 impl Snapshot {
@@ -353,7 +386,7 @@ impl Snapshot {
             memory: MemoryFormat::Raw,
             ..chain.meta.clone()
         };
-        state_file(&meta, &chain.state)
+        state_file(&meta, &chain.state, &chain.overlays)
             .map_err(LoadError::State)?
             .write_atomic(&out.join(STATE_FILE))
             .map_err(|e| LoadError::Memory(ImageError::Write(e)))?;
@@ -367,6 +400,13 @@ impl Snapshot {
         let (_, vcpus): (u8, Vec<VcpuState>) = file.decode(SectionId::VCPUS, versions)?;
         let (_, vm): (u8, VmArchState) = file.decode(SectionId::VM, versions)?;
         let (_, devices): (u8, codec::Devices) = file.decode(SectionId::DEVICES, versions)?;
+        let (_, overlays): (u8, codec::Overlays) = file.decode(BLOCK_OVERLAYS, versions)?;
+        let overlays: Vec<Option<OverlayState>> = overlays.into();
+        if overlays.len() != devices.block_count() {
+            return Err(LoadError::Invalid(
+                "one saved overlay entry per disk is needed",
+            ));
+        }
         if vcpus.is_empty() || vcpus.len() > MAX_SAVED_VCPUS || vcpus.len() != meta.vcpus as usize {
             return Err(LoadError::Invalid(
                 "the vCPU count is out of range or inconsistent",
@@ -393,6 +433,7 @@ impl Snapshot {
             },
             meta,
             chain: None,
+            overlays,
         })
     }
 
@@ -503,7 +544,12 @@ impl Vm {
             GuestRam::from_raw(addr, layout.size(), memfd, Box::new(Mutex::new(restored)))
         }
         .map_err(|e| LoadError::Restore(Box::new(e.into())))?;
-        let vm = Vm::restore_checked(&snapshot.state, ram, config, true)
+        let extras = RestoreExtras {
+            check_cpuid: true,
+            overlays: snapshot.overlays.clone(),
+            ..Default::default()
+        };
+        let vm = Vm::restore_into(&snapshot.state, ram, config, extras)
             .map_err(|e| LoadError::Restore(Box::new(e)))?;
         relay.attach(vm.control());
         Ok(vm)

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use kvm_ioctls::VmFd;
 use zygote_devices::legacy::SerialState;
-use zygote_devices::virtio::block::{Block, BlockRestoreError, BlockState};
+use zygote_devices::virtio::block::{Block, BlockRestoreError, BlockState, OverlayState};
 use zygote_devices::virtio::mmio::{MmioTransport, MmioTransportState, RestoreError};
 use zygote_devices::virtio::net::{Net, NetRestoreError, NetState};
 use zygote_devices::virtio::vsock::{Vsock, VsockError, VsockState};
@@ -12,8 +12,8 @@ use zygote_devices::virtio::{Memory, VirtioDevice};
 use zygote_devices::Bus;
 
 use crate::devices::{
-    block_backend, net_backend, BlockConfig, CreatedFiles, DeviceError, DeviceHandles, NetConfig,
-    VsockConfig,
+    block_backend_with, net_backend, BlockConfig, CreatedFiles, DeviceError, DeviceHandles,
+    NetConfig, VsockConfig,
 };
 use crate::virtio::{VirtioDevices, VirtioError};
 
@@ -119,18 +119,37 @@ pub struct DeviceResources {
     pub vsock: Option<VsockConfig>,
 }
 
+/// Where restored devices go: the new VM, its MMIO bus, its memory, its virtio list.
+pub(crate) struct Placement<'a> {
+    pub(crate) vm: &'a VmFd,
+    pub(crate) mmio: &'a mut Bus,
+    pub(crate) memory: &'a Memory,
+    pub(crate) virtio: &'a mut VirtioDevices,
+}
+
+/// Where restored disks come from besides their configurations.
+pub(crate) struct Disks<'a> {
+    /// Overlay files created on the way, removed if the restore fails.
+    pub(crate) created: &'a mut CreatedFiles,
+    /// A fork's child disks, ready made, in order.
+    pub(crate) forked: Vec<Block>,
+    /// A snapshot's saved overlays, one entry per disk.
+    pub(crate) overlays: &'a [Option<OverlayState>],
+}
+
 /// Rebuilds the virtio devices of `saved` in a new VM, in their saved order (so each gets its
 /// saved MMIO window and interrupt line), over `resources`.
 pub(crate) fn restore_virtio(
     saved: &DeviceStates,
     resources: DeviceResources,
-    vm: &VmFd,
-    mmio: &mut Bus,
-    memory: &Memory,
-    virtio: &mut VirtioDevices,
-    created: &mut CreatedFiles,
-    forked_blocks: Vec<Block>,
+    disks: Disks<'_>,
+    place: &mut Placement<'_>,
 ) -> Result<DeviceHandles, DeviceRestoreError> {
+    let Disks {
+        created,
+        forked: forked_blocks,
+        overlays,
+    } = disks;
     let count = |kind, saved: usize, given: usize| {
         if saved == given {
             Ok(())
@@ -156,20 +175,15 @@ pub(crate) fn restore_virtio(
                     saved: saved.blocks.len(),
                     given: given_blocks,
                 })?;
-                let backend = block_backend(config, created)?;
+                let saved_overlay = overlays.get(index).and_then(Option::as_ref);
+                let backend = block_backend_with(config, created, saved_overlay)?;
                 Block::restore(backend, &state.device)
                     .map_err(|source| DeviceRestoreError::Block { index, source })?
             }
         };
-        handles.blocks.push(attach(
-            virtio,
-            vm,
-            mmio,
-            memory,
-            device,
-            &state.transport,
-            position,
-        )?);
+        handles
+            .blocks
+            .push(attach(place, device, &state.transport, position)?);
         position += 1;
     }
     for (index, (state, config)) in saved.nets.iter().zip(resources.nets).enumerate() {
@@ -180,15 +194,9 @@ pub(crate) fn restore_virtio(
         let backend = net_backend(config.backend)?;
         let device = Net::restore(backend, &device_state)
             .map_err(|source| DeviceRestoreError::Net { index, source })?;
-        handles.nets.push(attach(
-            virtio,
-            vm,
-            mmio,
-            memory,
-            device,
-            &state.transport,
-            position,
-        )?);
+        handles
+            .nets
+            .push(attach(place, device, &state.transport, position)?);
         position += 1;
     }
     if let Some(state) = &saved.vsock {
@@ -198,28 +206,23 @@ pub(crate) fn restore_virtio(
         }
         let device = Vsock::restore(&device_state).map_err(DeviceRestoreError::Vsock)?;
         handles.vsock = Some(device_state.config.clone());
-        handles.vsock_device = Some(attach(
-            virtio,
-            vm,
-            mmio,
-            memory,
-            device,
-            &state.transport,
-            position,
-        )?);
+        handles.vsock_device = Some(attach(place, device, &state.transport, position)?);
     }
     Ok(handles)
 }
 
 fn attach<D: VirtioDevice + 'static>(
-    virtio: &mut VirtioDevices,
-    vm: &VmFd,
-    mmio: &mut Bus,
-    memory: &Memory,
+    place: &mut Placement<'_>,
     device: D,
     state: &MmioTransportState,
     index: usize,
 ) -> Result<Arc<Mutex<MmioTransport<D>>>, DeviceRestoreError> {
+    let Placement {
+        vm,
+        mmio,
+        memory,
+        virtio,
+    } = place;
     let transport = virtio.attach_with(vm, mmio, memory, |memory, line| {
         MmioTransport::restore(device, memory, line, state)
             .map_err(|source| DeviceRestoreError::Transport { index, source })

@@ -5,7 +5,7 @@ mod devices;
 mod vcpu;
 mod vm;
 
-pub(crate) use devices::{restore_virtio, save_devices};
+pub(crate) use devices::{restore_virtio, save_devices, Disks, Placement};
 pub use devices::{DeviceResources, DeviceRestoreError, DeviceStates, VirtioState};
 pub use vcpu::{VcpuState, VcpuStateError};
 pub use vm::{VmArchState, VmStateError};

@@ -21,6 +21,8 @@ pub fn install_handler() -> Result<(), vmm_sys_util::errno::Error> {
 /// A handle that kicks one vCPU thread out of `KVM_RUN`.
 pub struct Kick {
     thread: libc::pthread_t,
+    /// The kernel's id of the same thread (`/proc/self/task/<tid>`).
+    tid: u32,
     run: NonNull<kvm_run>,
 }
 
@@ -35,8 +37,15 @@ impl Kick {
         Self {
             // SAFETY: pthread_self has no preconditions.
             thread: unsafe { libc::pthread_self() },
+            // SAFETY: gettid has no preconditions; a thread id is positive.
+            tid: unsafe { libc::gettid() } as u32,
             run: NonNull::from(run),
         }
+    }
+
+    /// The Linux thread id of the vCPU thread.
+    pub fn thread_id(&self) -> u32 {
+        self.tid
     }
 
     /// Makes the vCPU's current or next `KVM_RUN` return with `EINTR`.

@@ -11,6 +11,7 @@ use zygote_devices::Bus;
 use super::{pio, Kick, Vcpu, VcpuError};
 use crate::control::{Next, VmControl};
 use crate::exit::{ExitReason, GuestFault};
+use crate::idle::{IdleWaiter, IDLE_PORT};
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
@@ -58,8 +59,9 @@ fn run(vcpu: &SharedVcpu, buses: &Buses, control: &VmControl) {
     // run page it points into lives as long as the shared vCPU.
     let _registered = Registered { control, index };
     let mut before_park = || complete_pending_io(&mut lock(vcpu));
+    let mut idle = control.idle_waiter();
     while let Next::Run = control.next(&mut before_park) {
-        if let Some(reason) = run_once(&mut lock(vcpu), buses) {
+        if let Some(reason) = run_once(&mut lock(vcpu), buses, &mut idle) {
             control.finish(reason);
         }
     }
@@ -99,7 +101,7 @@ impl Drop for Registered<'_> {
 }
 
 /// Runs the guest until its next exit and handles it; returns a reason if the VM must stop.
-fn run_once(vcpu: &mut Vcpu, buses: &Buses) -> Option<ExitReason> {
+fn run_once(vcpu: &mut Vcpu, buses: &Buses, idle: &mut IdleWaiter) -> Option<ExitReason> {
     let index = vcpu.index;
     // Taken before KVM_RUN lends out the run page's data area: how a port exit's element size
     // is read while its data is borrowed.
@@ -126,6 +128,10 @@ fn run_once(vcpu: &mut Vcpu, buses: &Buses) -> Option<ExitReason> {
         // `data` holds `count` elements (string I/O): one access per element.
         VcpuExit::IoIn(port, data) => {
             pio::read(&buses.pio, port, io_size(run_page), data);
+            None
+        }
+        VcpuExit::IoOut(IDLE_PORT, data) => {
+            idle.idle(data);
             None
         }
         VcpuExit::IoOut(port, data) => {
@@ -225,7 +231,8 @@ mod tests {
 
     #[test]
     fn a_panicking_vcpu_thread_unregisters_and_stops_the_vm() {
-        let control = Arc::new(VmControl::new(1));
+        let doorbell = Arc::new(crate::idle::Doorbell::default());
+        let control = Arc::new(VmControl::new(1, doorbell));
         let thread_control = control.clone();
         let thread = std::thread::spawn(move || {
             let mut run = Box::new(kvm_run::default());

@@ -13,6 +13,7 @@ use zygote_devices::virtio::{EventFdInterrupt, InterruptLine, Memory, VirtioDevi
 use zygote_devices::{Bus, BusError, BusRange};
 
 use crate::arch::layout::VIRTIO_MMIO_START;
+use crate::idle::{Doorbell, DoorbellLine};
 use crate::vm::quiesce::Gate;
 pub use event_loop::{EventLoop, EventLoopError, Subscriber};
 use subscriber::DeviceSubscriber;
@@ -56,14 +57,25 @@ pub enum VirtioError {
 }
 
 /// Places virtio devices and collects what the VM needs to run them.
-#[derive(Default)]
 pub struct VirtioDevices {
     count: u32,
     cmdline: Vec<String>,
     subscribers: Vec<Subscriber>,
+    /// The VM's doorbell, rung by every device's interrupt line.
+    doorbell: Arc<Doorbell>,
 }
 
 impl VirtioDevices {
+    /// No devices yet; each one attached will ring `doorbell` when it has news for the guest.
+    pub(crate) fn new(doorbell: Arc<Doorbell>) -> Self {
+        Self {
+            count: 0,
+            cmdline: Vec::new(),
+            subscribers: Vec::new(),
+            doorbell,
+        }
+    }
+
     /// Puts `device` in the next MMIO window with the next interrupt line: registers its irqfd
     /// and queue-notify ioeventfds with KVM and its register file on `mmio`.
     pub fn attach<D: VirtioDevice + 'static>(
@@ -99,7 +111,10 @@ impl VirtioDevices {
         let irq_fd = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
         vm.register_irqfd(&irq_fd, irq)
             .map_err(|source| VirtioError::Irqfd { irq, source })?;
-        let line: Arc<dyn InterruptLine> = Arc::new(EventFdInterrupt::new(irq_fd));
+        let line: Arc<dyn InterruptLine> = Arc::new(DoorbellLine::new(
+            EventFdInterrupt::new(irq_fd),
+            self.doorbell.clone(),
+        ));
         let transport = build(memory.clone(), line)?;
         let notify = register_notify(vm, base, transport.queue_count())?;
         let transport = Arc::new(Mutex::new(transport));

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use zygote_cow::{dirty_runs, CowMapping, Layer, PageRun, View, PAGE_SIZE};
 use zygote_devices::virtio::block::Block;
 
-use super::{RestoreConfig, RunningVm, SerialSource, Vm, VmPool};
+use super::{RestoreConfig, RestoreExtras, RunningVm, SerialSource, Vm, VmPool};
+use crate::arch::identity;
 use crate::console::SerialOutput;
 use crate::devices::{NetConfig, VsockConfig};
 use crate::error::Error;
@@ -201,6 +202,12 @@ impl RunningVm {
             None => (CowMapping::map(view)?, None),
         };
         let ram = GuestRam::from_cow(mapping).map_err(|e| child_error(e.into()))?;
+        // The child learns it is a clone: the next generation and its own id, written before
+        // it runs (one page of its own).
+        let parent = identity::read(ram.memory()).unwrap_or_default();
+        identity::next(&parent)
+            .and_then(|child| identity::write(ram.memory(), &child))
+            .map_err(|e| child_error(e.into()))?;
         let devices = self.child_devices(state, config.nets, config.vsock, sequence)?;
         let restore = RestoreConfig {
             context: Some(self.core.context.clone()),
@@ -208,8 +215,12 @@ impl RunningVm {
             serial_input: config.serial_input,
             devices,
         };
-        let mut vm =
-            Vm::restore_into(state, ram, restore, false, shell, disks).map_err(child_error)?;
+        let extras = RestoreExtras {
+            shell,
+            forked_blocks: disks,
+            ..Default::default()
+        };
+        let mut vm = Vm::restore_into(state, ram, restore, extras).map_err(child_error)?;
         vm.core.forks.store(0, std::sync::atomic::Ordering::Relaxed);
         vm.core.derived_cids = self.core.derived_cids.clone();
         vm.start().map_err(child_error)

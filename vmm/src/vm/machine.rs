@@ -13,6 +13,7 @@ use crate::context::KvmContext;
 use crate::control::VmControl;
 use crate::devices::DeviceHandles;
 use crate::error::{Error, KvmError};
+use crate::idle::Doorbell;
 use crate::memory::GuestRam;
 use crate::state::RestoreError;
 use crate::vcpu::Vcpu;
@@ -24,6 +25,8 @@ pub(super) struct Machine {
     pub(super) kvm: KvmVm,
     pub(super) mmio: Bus,
     pub(super) virtio: VirtioDevices,
+    /// Wakes the VM's idle vCPUs; its devices ring it.
+    doorbell: Arc<Doorbell>,
     serial: Arc<Mutex<Serial>>,
     console_drain: Option<OutputDrain>,
 }
@@ -61,11 +64,13 @@ impl Machine {
                 Serial::restore(state, serial_irq, writer).map_err(RestoreError::from)?
             }
         };
+        let doorbell = Arc::new(Doorbell::default());
         Ok(Self {
             context,
             kvm,
             mmio: Bus::new(),
-            virtio: VirtioDevices::default(),
+            virtio: VirtioDevices::new(doorbell.clone()),
+            doorbell,
             serial: Arc::new(Mutex::new(serial)),
             console_drain,
         })
@@ -78,7 +83,7 @@ impl Machine {
         devices: DeviceHandles,
         serial_input: Option<Box<dyn SerialSource>>,
     ) -> Result<Vm, Error> {
-        let control = Arc::new(VmControl::new(vcpus.len()));
+        let control = Arc::new(VmControl::new(vcpus.len(), self.doorbell.clone()));
         let buses = setup::buses(&self.serial, control.clone(), self.mmio)?;
         Ok(Vm {
             vcpus: vcpus
@@ -90,6 +95,7 @@ impl Machine {
             core: VmCore {
                 buses,
                 serial: self.serial,
+                doorbell: self.doorbell,
                 control,
                 devices,
                 event_loop: None,

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestMemoryMmap;
 
+use crate::arch::identity;
 use crate::boot;
 use crate::config::VmConfig;
 use crate::console::{OutputDrain, SerialOutput};
@@ -22,6 +23,7 @@ use crate::control::VmControl;
 use crate::devices::{attach_all, CreatedFiles, DeviceHandles};
 use crate::error::Error;
 use crate::exit::ExitReason;
+use crate::idle::Doorbell;
 use crate::memory::GuestRam;
 use crate::state::{self, DeviceResources, MachineState, RestoreError};
 use crate::vcpu::{self, run::SharedVcpu, Vcpu};
@@ -48,6 +50,8 @@ pub struct Vm {
 struct VmCore {
     buses: vcpu::run::Buses,
     serial: Arc<Mutex<Serial>>,
+    /// Wakes idle vCPUs; serial input rings it.
+    doorbell: Arc<Doorbell>,
     control: Arc<VmControl>,
     devices: DeviceHandles,
     /// Serves the virtio devices once the VM runs; stopped before the VM is torn down.
@@ -70,6 +74,20 @@ struct VmCore {
     derived_cids: Arc<std::sync::atomic::AtomicU64>,
     context: Arc<KvmContext>,
     kvm: KvmVm,
+}
+
+/// What a restore from a file or a fork adds to [`Vm::restore`].
+#[derive(Default)]
+pub(crate) struct RestoreExtras {
+    /// Compare the saved CPUID with what this host gives (a state from elsewhere), refusing
+    /// it with [`RestoreError::CpuidMismatch`] if it needs a feature the host lacks.
+    pub(crate) check_cpuid: bool,
+    /// A pre-created VM whose slots already point at the RAM (a pool's).
+    pub(crate) shell: Option<pool::Shell>,
+    /// The child's disks, forked from the parent's, in order.
+    pub(crate) forked_blocks: Vec<zygote_devices::virtio::block::Block>,
+    /// Each saved disk's overlay, from a snapshot.
+    pub(crate) overlays: Vec<Option<zygote_devices::virtio::block::OverlayState>>,
 }
 
 /// What a restored VM gets from its host instead of from the saved state.
@@ -125,6 +143,7 @@ impl Vm {
             &cmdline,
             initrd.as_mut(),
         )?;
+        identity::write(&memory, &identity::first()?)?;
         let supported = machine.context.supported_cpuid();
         let vcpus = (0..vcpu_count)
             .map(|index| Vcpu::new(machine.kvm.vm_fd(), supported, index, vcpu_count))
@@ -147,31 +166,22 @@ impl Vm {
         ram: GuestRam,
         config: RestoreConfig,
     ) -> Result<Self, Error> {
-        Self::restore_checked(state, ram, config, false)
+        Self::restore_into(state, ram, config, RestoreExtras::default())
     }
 
-    /// [`Vm::restore`]; with `check_cpuid`, a state from elsewhere (a file) is first compared
-    /// with what this host gives a vCPU, and refused with [`RestoreError::CpuidMismatch`] if
-    /// it needs a feature the host lacks.
-    pub(crate) fn restore_checked(
-        state: &MachineState,
-        ram: GuestRam,
-        config: RestoreConfig,
-        check_cpuid: bool,
-    ) -> Result<Self, Error> {
-        Self::restore_into(state, ram, config, check_cpuid, None, Vec::new())
-    }
-
-    /// [`Vm::restore_checked`], into a pre-created VM (`shell`, whose slots point at `ram`)
-    /// when one is given.
+    /// [`Vm::restore`] with what a snapshot file or a fork adds (see [`RestoreExtras`]).
     pub(crate) fn restore_into(
         state: &MachineState,
         ram: GuestRam,
         config: RestoreConfig,
-        check_cpuid: bool,
-        shell: Option<pool::Shell>,
-        forked_blocks: Vec<zygote_devices::virtio::block::Block>,
+        extras: RestoreExtras,
     ) -> Result<Self, Error> {
+        let RestoreExtras {
+            check_cpuid,
+            shell,
+            forked_blocks,
+            overlays,
+        } = extras;
         if ram.size() != state.memory_bytes {
             return Err(RestoreError::Invalid("the memory size differs from the saved one").into());
         }
@@ -214,17 +224,19 @@ impl Vm {
             .map_err(RestoreError::from)?;
         let memory = machine.kvm.ram().memory().clone();
         let mut created = CreatedFiles::default();
-        let handles = state::restore_virtio(
-            &state.devices,
-            config.devices,
-            machine.kvm.vm_fd(),
-            &mut machine.mmio,
-            &memory,
-            &mut machine.virtio,
-            &mut created,
-            forked_blocks,
-        )
-        .map_err(RestoreError::from)?;
+        let disks = state::Disks {
+            created: &mut created,
+            forked: forked_blocks,
+            overlays: &overlays,
+        };
+        let mut place = state::Placement {
+            vm: machine.kvm.vm_fd(),
+            mmio: &mut machine.mmio,
+            memory: &memory,
+            virtio: &mut machine.virtio,
+        };
+        let handles = state::restore_virtio(&state.devices, config.devices, disks, &mut place)
+            .map_err(RestoreError::from)?;
         let mut vcpus = Vec::with_capacity(state.vcpus.len());
         for (index, saved) in state.vcpus.iter().enumerate() {
             if usize::from(saved.index) != index {
@@ -292,7 +304,7 @@ impl Vm {
         if let Some(input) = serial_input {
             let core = &mut running.core;
             let gate = core.gate.waiter().map_err(Error::SerialInputThread)?;
-            let pump = InputPump::spawn(input, core.serial.clone(), gate);
+            let pump = InputPump::spawn(input, core.serial.clone(), gate, core.doorbell.clone());
             core.serial_input = Some(pump.map_err(Error::SerialInputThread)?);
         }
         Ok(running)

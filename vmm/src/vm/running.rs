@@ -71,6 +71,13 @@ impl RunningVm {
         self.core.console_drain.as_ref().map_or(0, |d| d.dropped())
     }
 
+    /// The Linux thread ids (as in `/proc/self/task/<tid>`) of the vCPU threads running now,
+    /// in vCPU order: for pinning them (`sched_setaffinity`) or reading their CPU time. Empty
+    /// once the VM has stopped.
+    pub fn vcpu_thread_ids(&self) -> Vec<u32> {
+        self.core.control.thread_ids()
+    }
+
     /// Whether the VM is running, paused or stopped.
     pub fn state(&self) -> VmState {
         self.core.control.state()
@@ -174,6 +181,11 @@ impl RunningVm {
             });
         }
         Ok(usage)
+    }
+
+    /// The VM's device handles (snapshot code reads the disks' overlays through them).
+    pub(crate) fn core_devices(&self) -> &crate::devices::DeviceHandles {
+        &self.core.devices
     }
 
     /// The guest's RAM and the memfd behind it.

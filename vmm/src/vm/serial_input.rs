@@ -10,6 +10,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use zygote_devices::legacy::Serial;
 
 use super::quiesce::GateWaiter;
+use crate::idle::Doorbell;
 
 /// A source of serial input: anything readable with a file descriptor to wait on.
 pub trait SerialSource: Read + AsFd + Send {}
@@ -29,12 +30,13 @@ impl InputPump {
         input: Box<dyn SerialSource>,
         serial: Arc<Mutex<Serial>>,
         gate: GateWaiter,
+        doorbell: Arc<Doorbell>,
     ) -> io::Result<Self> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let stopped = stop.try_clone()?;
         let thread = std::thread::Builder::new()
             .name("zygote-serial-in".into())
-            .spawn(move || pump(input, &serial, &stopped, &gate))?;
+            .spawn(move || pump(input, &serial, &stopped, &gate, &doorbell))?;
         Ok(Self {
             stop,
             thread: Some(thread),
@@ -106,6 +108,7 @@ fn pump(
     serial: &Mutex<Serial>,
     stop: &EventFd,
     gate: &GateWaiter,
+    doorbell: &Doorbell,
 ) {
     let mut buf = [0u8; 256];
     loop {
@@ -133,6 +136,10 @@ fn pump(
                 .map(|mut s| s.enqueue_input(&buf[sent..n]).unwrap_or(0))
                 .unwrap_or(0);
             sent += taken;
+            if taken > 0 {
+                // The guest may be idle, polling nothing; the byte is for it to find.
+                doorbell.ring();
+            }
             if taken == 0 {
                 // The guest has not drained its receive FIFO yet; stop if the VM goes away.
                 if stop_requested(stop) {

@@ -9,6 +9,11 @@
 //! `ops`); `Sink` and `Source` streams (`stream`) advance a little on every pass, so they never
 //! hold the others up. `NetRecv` and `ConnectHost` (`net`, `host`) wait in place (polling
 //! vsock, bounded by their timeouts). `memory` and `disk` carry out the other requests.
+//!
+//! Every pass of the loop reads the VM identity page's generation (`identity`: a clone
+//! reseeds its random state and takes on its new id) and ends with the idle check (`idle`):
+//! once passes have found nothing to do for a while, the guest sleeps on the VMM's idle port
+//! instead of spinning, for at most [`IDLE_WAIT_US`] at a time.
 
 mod disk;
 mod host;
@@ -28,6 +33,8 @@ use crate::boot_params::BootParams;
 use crate::clock::Clock;
 use crate::console::Console;
 use crate::exit::exit;
+use crate::identity::Identity;
+use crate::idle::Idle;
 use crate::println;
 use crate::virtio::vsock::{ConnId, ConnState, Vsock, CONN_BUF, MAX_CONNS};
 use crate::virtio::{self, Devices};
@@ -37,6 +44,11 @@ use stream::SOURCE_CHUNK;
 
 /// Room for the largest response frame (an `Echo` of `MAX_ECHO` bytes).
 const RESPONSE_BUF: usize = LEN_PREFIX + MAX_FRAME;
+
+/// The longest the agent sleeps on the idle port at a time: 100 ms. Nothing in the serve loop
+/// needs waking sooner without a device ringing first (a closing connection's 2 s timeout may
+/// fire up to this late); ten wake-ups a second keep an idle VM's vCPU near 0% of a core.
+const IDLE_WAIT_US: u32 = 100_000;
 
 /// The agent's buffers and devices.
 struct Agent {
@@ -57,6 +69,8 @@ struct Agent {
     /// MAX_DISK_SECTORS sectors: disk and net data.
     data: &'static mut [u8],
     boot: BootParams,
+    /// The VM's identity and the agent's random state.
+    identity: Identity,
 }
 
 /// Runs the agent; never returns.
@@ -139,6 +153,7 @@ impl Agent {
             response,
             data,
             boot: *boot,
+            identity: Identity::new(),
         }
     }
 
@@ -158,7 +173,10 @@ impl Agent {
     }
 
     fn serve(&mut self) -> ! {
+        let first = self.vsock().activity();
+        let mut idle = Idle::new(&self.clock, first, IDLE_WAIT_US);
         loop {
+            self.identity.check();
             self.vsock().poll();
             while let Some(id) = self.vsock().accept() {
                 self.end_session(id);
@@ -169,6 +187,7 @@ impl Agent {
                     self.step(id);
                 }
             }
+            idle.after_pass(self.vsock().activity());
             core::hint::spin_loop();
         }
     }

@@ -72,6 +72,18 @@ impl Agent {
         }
     }
 
+    /// What the identity page says now, the random seed, and a fresh random value.
+    fn identity(&mut self) -> Response<'static> {
+        self.identity.check();
+        let current = self.identity.current();
+        Response::Identity {
+            generation: current.generation,
+            id: current.id,
+            seed: self.identity.seed(),
+            random: self.identity.next_u64(),
+        }
+    }
+
     /// Carries out a request that answers with one response frame.
     fn execute<'r>(&'r mut self, request: Request<'r>) -> Response<'r> {
         match request {
@@ -92,6 +104,7 @@ impl Agent {
             Request::NetSend(frame) => self.net_send(frame),
             Request::NetRecv { timeout_ms } => self.net_recv(timeout_ms),
             Request::ConnectHost { port, payload } => self.connect_host(port, payload),
+            Request::Identity => self.identity(),
             // Handled by `handle`.
             Request::Source { .. } | Request::Exit(_) => {
                 Response::Error(ErrorCode::InvalidArgument)

@@ -204,6 +204,12 @@ impl Virtqueue {
         unsafe { self.notify.write_volatile(u32::from(self.index)) };
     }
 
+    /// Changes whenever the driver publishes a chain or pops a used one: the available index
+    /// in the high half, the last used index seen in the low half.
+    pub fn progress(&self) -> u32 {
+        u32::from(self.avail_idx) << 16 | u32::from(self.last_used)
+    }
+
     /// Whether the device has returned a chain not yet popped (reads memory only).
     pub fn has_used(&self) -> bool {
         self.used_idx() != self.last_used

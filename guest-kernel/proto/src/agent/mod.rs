@@ -59,6 +59,9 @@ pub const MAX_DISK_SECTORS: u32 = 256;
 /// Length of a virtio-blk device ID.
 pub const DISK_ID_LEN: usize = 20;
 
+/// Length of the VM id in [`Response::Identity`] (that of [`crate::VmIdentity::id`]).
+pub use crate::identity::VM_ID_LEN;
+
 /// Most bytes `Echo` carries: its response (status, opcode, data) must fit in [`MAX_FRAME`].
 pub const MAX_ECHO: usize = MAX_FRAME - 2;
 

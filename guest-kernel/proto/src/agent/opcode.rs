@@ -24,6 +24,7 @@ pub enum Opcode {
     Source = 14,
     ConnectHost = 15,
     Exit = 16,
+    Identity = 17,
 }
 
 impl Opcode {
@@ -47,6 +48,7 @@ impl Opcode {
             14 => Source,
             15 => ConnectHost,
             16 => Exit,
+            17 => Identity,
             _ => return None,
         })
     }

@@ -86,6 +86,9 @@ pub enum Request<'a> {
     },
     /// Answered [`Response::Exiting`], then the guest exits with `code`.
     Exit(u32),
+    /// What the guest read from its identity page ([`crate::VmIdentity`]) and its random
+    /// state; [`Response::Identity`].
+    Identity,
 }
 
 impl<'a> Request<'a> {
@@ -108,13 +111,18 @@ impl<'a> Request<'a> {
             Request::Source { .. } => Opcode::Source,
             Request::ConnectHost { .. } => Opcode::ConnectHost,
             Request::Exit(_) => Opcode::Exit,
+            Request::Identity => Opcode::Identity,
         }
     }
 
     /// Bytes of the body (opcode and fields), without the length prefix.
     fn body_len(&self) -> usize {
         1 + match self {
-            Request::Ping | Request::DiskFlush | Request::DiskId | Request::CounterGet => 0,
+            Request::Ping
+            | Request::DiskFlush
+            | Request::DiskId
+            | Request::CounterGet
+            | Request::Identity => 0,
             Request::Echo(data) | Request::NetSend(data) => data.len(),
             Request::Touch { .. } => 12,
             Request::Checksum { .. } | Request::Source { .. } => 16,
@@ -156,7 +164,11 @@ impl<'a> Request<'a> {
     /// Writes the fields after the opcode.
     fn write_fields(&self, w: &mut Writer<'_>) {
         match *self {
-            Request::Ping | Request::DiskFlush | Request::DiskId | Request::CounterGet => {}
+            Request::Ping
+            | Request::DiskFlush
+            | Request::DiskId
+            | Request::CounterGet
+            | Request::Identity => {}
             Request::Echo(data) | Request::NetSend(data) => w.bytes(data),
             Request::Touch { mib, pattern } => {
                 w.u32(mib);
@@ -243,6 +255,7 @@ impl<'a> Request<'a> {
                 payload: r.rest(),
             },
             Opcode::Exit => Request::Exit(r.u32()?),
+            Opcode::Identity => Request::Identity,
         })
     }
 }

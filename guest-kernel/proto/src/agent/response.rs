@@ -3,7 +3,7 @@
 use super::codec::{split_frame, whole_sectors, Reader, Writer};
 use super::{
     DecodeError, EncodeError, ErrorCode, Opcode, DISK_ID_LEN, LEN_PREFIX, MAX_FRAME,
-    MAX_HOST_REPLY, MAX_NET_FRAME,
+    MAX_HOST_REPLY, MAX_NET_FRAME, VM_ID_LEN,
 };
 // Only named in doc links.
 #[cfg(doc)]
@@ -57,6 +57,18 @@ pub enum Response<'a> {
     HostReply(&'a [u8]),
     /// Answers [`Request::Exit`]; the guest exits after sending it.
     Exiting(u32),
+    /// Answers [`Request::Identity`].
+    Identity {
+        /// The generation the guest last read from its identity page (0 if it has none).
+        generation: u64,
+        /// The VM id it read there (zeros if it has none).
+        id: [u8; VM_ID_LEN],
+        /// The seed of the guest's random state: taken anew (from the TSC and the id) when
+        /// the agent starts and whenever the generation changes, unchanged otherwise.
+        seed: u64,
+        /// One fresh value from that random state.
+        random: u64,
+    },
     /// The request failed.
     Error(ErrorCode),
 }
@@ -80,6 +92,7 @@ impl<'a> Response<'a> {
             Response::Sourcing { .. } => Opcode::Source,
             Response::HostReply(_) => Opcode::ConnectHost,
             Response::Exiting(_) => Opcode::Exit,
+            Response::Identity { .. } => Opcode::Identity,
             Response::Error(_) => return None,
         })
     }
@@ -97,6 +110,7 @@ impl<'a> Response<'a> {
             Response::Checksum(_) | Response::Counter(_) | Response::Sourcing { .. } => 8,
             Response::DiskId(_) => DISK_ID_LEN,
             Response::Exiting(_) => 4,
+            Response::Identity { .. } => 8 + VM_ID_LEN + 8 + 8,
         };
         2 + fields
     }
@@ -160,6 +174,17 @@ impl<'a> Response<'a> {
             Response::Sourcing { len } => w.u64(len),
             Response::DiskId(id) => w.bytes(&id),
             Response::Exiting(code) => w.u32(code),
+            Response::Identity {
+                generation,
+                id,
+                seed,
+                random,
+            } => {
+                w.u64(generation);
+                w.bytes(&id);
+                w.u64(seed);
+                w.u64(random);
+            }
         }
     }
 
@@ -212,6 +237,17 @@ impl<'a> Response<'a> {
             Opcode::Source => Response::Sourcing { len: r.u64()? },
             Opcode::ConnectHost => Response::HostReply(r.rest()),
             Opcode::Exit => Response::Exiting(r.u32()?),
+            Opcode::Identity => {
+                let generation = r.u64()?;
+                let mut id = [0u8; VM_ID_LEN];
+                id.copy_from_slice(r.take(VM_ID_LEN)?);
+                Response::Identity {
+                    generation,
+                    id,
+                    seed: r.u64()?,
+                    random: r.u64()?,
+                }
+            }
         })
     }
 }

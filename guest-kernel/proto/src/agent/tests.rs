@@ -42,6 +42,7 @@ fn all_requests(data: &[u8], sectors: &[u8]) -> Vec<Request<'static>> {
             payload: data,
         },
         Request::Exit(0xdead),
+        Request::Identity,
     ]
 }
 
@@ -69,6 +70,12 @@ fn all_responses(data: &'static [u8], sectors: &'static [u8]) -> Vec<Response<'s
         Response::HostReply(data),
         Response::HostReply(b""),
         Response::Exiting(3),
+        Response::Identity {
+            generation: 1,
+            id: [0x5a; VM_ID_LEN],
+            seed: u64::MAX,
+            random: 9,
+        },
         Response::Error(ErrorCode::NoFrame),
         Response::Error(ErrorCode::ReadOnly),
     ]
@@ -117,6 +124,21 @@ fn wire_format_is_as_documented() {
     assert_eq!(&buf[..n], &[9, 0, 0, 0, 11, 2, 1, 0, 0, 0, 0, 0, 0]);
     let n = Response::Counter(1).encode(&mut buf).unwrap();
     assert_eq!(&buf[..n], &[10, 0, 0, 0, 0, 12, 1, 0, 0, 0, 0, 0, 0, 0]);
+    let n = Request::Identity.encode(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &[1, 0, 0, 0, 17]);
+    let mut big = [0u8; 64];
+    let n = Response::Identity {
+        generation: 2,
+        id: [0xee; VM_ID_LEN],
+        seed: 3,
+        random: 4,
+    }
+    .encode(&mut big)
+    .unwrap();
+    let mut expected = std::vec![42, 0, 0, 0, 0, 17, 2, 0, 0, 0, 0, 0, 0, 0];
+    expected.extend_from_slice(&[0xee; VM_ID_LEN]);
+    expected.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(&big[..n], &expected[..]);
     let n = Response::Error(ErrorCode::NoFrame)
         .encode(&mut buf)
         .unwrap();

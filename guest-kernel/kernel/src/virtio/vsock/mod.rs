@@ -57,6 +57,10 @@ const EVENT_QUEUE: u16 = 2;
 /// A connection's index in the table.
 pub type ConnId = usize;
 
+/// What [`Vsock::activity`] returns: the three queues' [`Virtqueue::progress`] and the bytes
+/// the application consumed (wrapping).
+pub type Activity = [u32; 4];
+
 /// Where a connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnState {
@@ -113,6 +117,8 @@ pub struct Vsock {
     /// RSTs that matched no connection, one bit per port from `hostile::STRAY_PORTS` (the
     /// `hostile` workload's packets).
     stray_rsts: u32,
+    /// Received bytes the application consumed, over all connections (wrapping).
+    consumed: u32,
 }
 
 impl Vsock {
@@ -149,6 +155,7 @@ impl Vsock {
             pending_len: 0,
             next_port: EPHEMERAL_PORTS,
             stray_rsts: 0,
+            consumed: 0,
         };
         vsock.go_live(true, true);
         Ok(vsock)
@@ -190,6 +197,18 @@ impl Vsock {
         if let Some(free) = self.listening.iter_mut().find(|p| p.is_none()) {
             *free = Some(port);
         }
+    }
+
+    /// Changes whenever the device returned a buffer, the driver sent a packet or posted a
+    /// buffer, or the application consumed received data: if it stays the same over a poll
+    /// loop's pass, that pass found no work. Reads no device register.
+    pub fn activity(&self) -> Activity {
+        [
+            self.rx.progress(),
+            self.tx.progress(),
+            self.events.progress(),
+            self.consumed,
+        ]
     }
 
     /// Processes everything the device returned: received packets (answering as the protocol

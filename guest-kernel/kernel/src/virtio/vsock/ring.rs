@@ -60,6 +60,7 @@ impl Vsock {
         let conn = &mut self.conns[id];
         let n = n.min(conn.buffered());
         conn.fwd_cnt = conn.fwd_cnt.wrapping_add(n as u32);
+        self.consumed = self.consumed.wrapping_add(n as u32);
         let unannounced = conn.fwd_cnt.wrapping_sub(conn.fwd_cnt_sent) as usize;
         if unannounced >= CONN_BUF / 4 && conn.state == ConnState::Established {
             self.credit_update(id);
