@@ -179,3 +179,34 @@ fn a_grandchild_gets_a_cid_no_relative_has() {
         agent_of(vm).ping().unwrap();
     }
 }
+
+#[test]
+fn twenty_generations_of_derived_vsock_sockets_all_listen() {
+    let mut vm = agent_vm(
+        "fork-deep",
+        AgentOpts {
+            packet_nic: true,
+            ..Default::default()
+        },
+    )
+    .vm;
+    let mut line = Vec::new();
+    for generation in 1..=20u64 {
+        agent_of(&vm).counter_add(1).unwrap();
+        let (child, net) = fork(&mut vm);
+        line.push((vm, net));
+        vm = child;
+        assert_eq!(
+            agent_of(&vm).counter_get().unwrap(),
+            generation,
+            "generation {generation}"
+        );
+    }
+    let sockets: HashSet<_> = line
+        .iter()
+        .map(|(vm, _)| vm)
+        .chain([&vm])
+        .map(|vm| vm.devices().vsock_config().unwrap().uds_path.clone())
+        .collect();
+    assert_eq!(sockets.len(), 21, "every generation has its own socket");
+}

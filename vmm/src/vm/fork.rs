@@ -37,10 +37,9 @@ pub struct ForkConfig {
     /// One backend per parent NIC, in order. `mac: None` derives a locally administered MAC
     /// from the child's identity, so no two clones share one.
     pub nets: Vec<NetConfig>,
-    /// The child's vsock CID and Unix socket. `None` derives them: the next CID of the
-    /// parent's family (one past the highest derived in it so far, or past the parent's own
-    /// on the family's first fork; never one a relative got), and
-    /// `<parent uds_path>.fork<N>` with N the parent's fork count. Connections never carry
+    /// The child's vsock CID and Unix socket. `None` derives them: a CID no VM of the
+    /// parent's family (ancestors and descendants at any depth) got derived before, and
+    /// `<uds_path of the family's first VM to fork>.fork<CID>`. Connections never carry
     /// over: the child's guest sees a transport reset.
     pub vsock: Option<VsockConfig>,
     /// A warm pool to take the child's KVM VM from; without one (or when it is empty) the
@@ -222,7 +221,7 @@ impl RunningVm {
         };
         let mut vm = Vm::restore_into(state, ram, restore, extras).map_err(child_error)?;
         vm.core.forks.store(0, std::sync::atomic::Ordering::Relaxed);
-        vm.core.derived_cids = self.core.derived_cids.clone();
+        vm.core.family = self.core.family.clone();
         vm.start().map_err(child_error)
     }
 
@@ -252,38 +251,13 @@ impl RunningVm {
         let vsock = match (&state.devices.vsock, vsock) {
             (None, _) => None,
             (Some(_), Some(config)) => Some(config),
-            (Some(saved), None) => {
-                let parent = &saved.device.config;
-                let mut uds = parent.uds_path.clone().into_os_string();
-                uds.push(format!(".fork{sequence}"));
-                Some(VsockConfig {
-                    guest_cid: self.next_derived_cid(parent.guest_cid),
-                    uds_path: uds.into(),
-                })
-            }
+            (Some(saved), None) => Some(self.core.family.derive_vsock(&saved.device.config)),
         };
         Ok(DeviceResources {
             blocks: Vec::new(),
             nets,
             vsock,
         })
-    }
-}
-
-impl RunningVm {
-    /// A CID for a child in this VM's family (whose own CID is `own`): one past the highest
-    /// derived in the family so far, or past `own` if that is higher.
-    fn next_derived_cid(&self, own: u64) -> u64 {
-        use std::sync::atomic::Ordering::Relaxed;
-        let cids = &self.core.derived_cids;
-        let mut last = cids.load(Relaxed);
-        loop {
-            let next = last.max(own) + 1;
-            match cids.compare_exchange_weak(last, next, Relaxed, Relaxed) {
-                Ok(_) => return next,
-                Err(now) => last = now,
-            }
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! A microVM: created from a validated configuration or from saved state, then started,
 //! paused, resumed and stopped.
 
+mod family;
 mod fork;
 mod machine;
 mod pool;
@@ -66,12 +67,10 @@ struct VmCore {
     lifecycle: Mutex<()>,
     /// Tracks the pages written since the last snapshot, for diff snapshots.
     dirty: Mutex<Option<(zygote_cow::WriteTracker, zygote_snapshot::SnapshotId)>>,
-    /// How many children this VM has forked (socket names derived for them).
+    /// How many children this VM has forked (MACs derived for them).
     forks: std::sync::atomic::AtomicU64,
-    /// The last vsock CID a fork derived in this VM's family (itself, its ancestors and
-    /// descendants share one; 0 until the first). A parent's CID plus its own fork count
-    /// would repeat across generations: a grandchild would get its uncle's.
-    derived_cids: Arc<std::sync::atomic::AtomicU64>,
+    /// Shared with every VM forked from it or its ancestors: CIDs and sockets derived.
+    family: Arc<family::Family>,
     context: Arc<KvmContext>,
     kvm: KvmVm,
 }
