@@ -62,6 +62,11 @@ impl SharedMemory {
         map_memfd(size)
     }
 
+    /// The mapping's first byte.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.addr.cast()
+    }
+
     /// Registers the whole mapping as memory slot `slot` at guest address 0.
     pub fn register(&self, vm: &VmFd, slot: u32) -> Result<(), FloorError> {
         let region = kvm_userspace_memory_region {

@@ -5,6 +5,7 @@
 //! Everything goes through one [`MemoryPlan`]: the regions are named and placed first, checked
 //! against RAM and against each other, and only then written.
 
+pub(crate) mod bzimage;
 pub(crate) mod cmdline;
 pub mod elf;
 pub mod plan;
@@ -12,7 +13,7 @@ pub mod plan;
 use std::fs::File;
 use std::io::{Read, Seek};
 
-use linux_loader::loader::bootparam::boot_params;
+use linux_loader::loader::bootparam::{boot_params, setup_header};
 use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap, ReadVolatile};
 
 use crate::arch::boot_params::{self as zero_page, BootInputs, BootParamsError};
@@ -44,6 +45,12 @@ pub enum BootError {
     /// The command line has characters other than printable ASCII.
     #[error("the kernel command line has characters other than printable ASCII")]
     CmdlineInvalid,
+    /// The kernel image could not be read to tell ELF from bzImage.
+    #[error("cannot read the kernel image: {0}")]
+    ReadKernel(#[source] std::io::Error),
+    /// The bzImage's header is not one Zygote can boot.
+    #[error(transparent)]
+    BzImage(#[from] bzimage::BzImageError),
     /// The initrd size could not be read, or it is neither a regular file nor a block device.
     #[error("cannot read the initrd: {0}")]
     ReadInitrd(#[source] std::io::Error),
@@ -81,13 +88,13 @@ pub fn load<K: Read + Seek + ReadVolatile>(
     cmdline: &str,
     initrd: Option<&mut File>,
 ) -> Result<GuestAddress, BootError> {
-    let image = elf::read_headers(kernel, HIMEM_START.0).map_err(BootError::LoadKernel)?;
+    let (image, setup_header) = kernel_image(kernel)?;
     let initrd_size = initrd
         .as_deref()
         .map(zygote_devices::virtio::block::file_size)
         .transpose()
         .map_err(BootError::ReadInitrd)?;
-    plan(mem_size, vcpus, &image, cmdline, initrd_size)?
+    plan(mem_size, vcpus, &image, setup_header, cmdline, initrd_size)?
         .check(&ram_regions(mem_size))?
         .write(mem, kernel, initrd)?;
     Ok(GuestAddress(image.entry))
@@ -100,6 +107,7 @@ pub fn plan(
     mem_size: u64,
     vcpus: u8,
     image: &KernelImage,
+    setup_header: Option<setup_header>,
     cmdline: &str,
     initrd_size: Option<u64>,
 ) -> Result<MemoryPlan, BootError> {
@@ -120,6 +128,7 @@ pub fn plan(
         initrd: initrd_size
             .map(|size| initrd_place(mem_size, size))
             .transpose()?,
+        setup_header,
     };
     plan.add_bytes(RegionName::Cmdline, CMDLINE_START, cmdline)?;
     if let Some((addr, len)) = inputs.initrd {
@@ -162,6 +171,31 @@ pub fn plan(
         Contents::Nothing,
     )?;
     Ok(plan)
+}
+
+/// The kernel's parts and entry: an ELF's `PT_LOAD` segments, or a bzImage's protected-mode
+/// kernel at 1 MiB as one segment spanning what it decompresses into (with its setup header
+/// for the zero page).
+fn kernel_image<K: Read + Seek>(
+    kernel: &mut K,
+) -> Result<(KernelImage, Option<setup_header>), BootError> {
+    if !bzimage::is_bzimage(kernel).map_err(BootError::ReadKernel)? {
+        let image = elf::read_headers(kernel, HIMEM_START.0).map_err(BootError::LoadKernel)?;
+        return Ok((image, None));
+    }
+    let bz = bzimage::read(kernel)?;
+    let segment = Segment {
+        index: 0,
+        paddr: HIMEM_START.0,
+        offset: bz.payload_offset,
+        filesz: bz.payload_len,
+        memsz: bz.kernel_end.saturating_sub(HIMEM_START.0),
+    };
+    let image = KernelImage {
+        entry: bz.entry.0,
+        segments: vec![segment],
+    };
+    Ok((image, Some(bz.setup_header)))
 }
 
 /// The command line with its NUL, as long as the boot protocol accepts it.

@@ -57,9 +57,9 @@ pub enum ConfigError {
         /// Underlying error.
         source: std::io::Error,
     },
-    /// The kernel file is not an ELF image.
-    #[error("kernel: {path} is not an ELF image")]
-    KernelNotElf {
+    /// The kernel file is neither an ELF image nor a bzImage.
+    #[error("kernel: {path} is neither an ELF image nor a bzImage")]
+    UnknownKernelFormat {
         /// The path given.
         path: PathBuf,
     },
@@ -306,8 +306,8 @@ fn open_kernel(path: &Path) -> Result<File, ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
         Err(e) => return Err(unreadable(e)),
     };
-    if !is_elf {
-        return Err(ConfigError::KernelNotElf {
+    if !is_elf && !crate::boot::bzimage::is_bzimage(&mut file).map_err(unreadable)? {
+        return Err(ConfigError::UnknownKernelFormat {
             path: path.to_path_buf(),
         });
     }

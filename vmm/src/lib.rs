@@ -17,6 +17,7 @@ mod error;
 mod exit;
 mod idle;
 mod memory;
+pub mod sandbox;
 pub mod snapshot;
 pub mod state;
 pub mod vcpu;
@@ -33,8 +34,8 @@ pub use devices::{
     NetStatsSnapshot, PacketEndpoint, VsockConfig,
 };
 pub use error::{Error, KvmError};
-pub use exit::{ExitReason, GuestFault};
-pub use memory::{GuestRam, MemoryError};
+pub use exit::{ExitReason, GuestFault, KVM_INTERNAL_ERROR_EMULATION};
+pub use memory::{ExternalMemory, GuestRam, MemoryError};
 pub use snapshot::{LoadError, MemoryFormat, Snapshot, SnapshotError, SnapshotInfo};
 pub use virtio::{EventLoopError, VirtioError, MAX_DEVICES};
 /// The snapshot crate: memory engines and formats, for programs that write their own engine.

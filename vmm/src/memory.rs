@@ -14,6 +14,7 @@ use vm_memory::{
     FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
 };
 use zygote_cow::CowMapping;
+use zygote_snapshot::EngineStats;
 
 use crate::arch::layout::ram_regions;
 
@@ -76,8 +77,16 @@ enum Backing {
     /// A mapping someone else made (a memory engine), kept alive by the box.
     External {
         memfd: Option<(Arc<File>, bool)>,
-        _keepalive: Box<dyn Send + Sync>,
+        keepalive: Box<dyn ExternalMemory>,
     },
+}
+
+/// What keeps a mapping made outside [`GuestRam`] alive (see [`GuestRam::from_raw`]), and
+/// what it can tell about the memory engine serving it.
+pub trait ExternalMemory: Send + Sync {
+    /// The counters of the memory engine's service behind the mapping (faults served, pages
+    /// placed), or `None` when no service runs there.
+    fn engine_stats(&self) -> Option<EngineStats>;
 }
 
 impl std::fmt::Debug for GuestRam {
@@ -138,18 +147,24 @@ impl GuestRam {
         host_addr: *mut u8,
         size: u64,
         memfd: Option<(Arc<File>, bool)>,
-        keepalive: Box<dyn Send + Sync>,
+        keepalive: Box<dyn ExternalMemory>,
     ) -> Result<Self, MemoryError> {
         // SAFETY: the caller's guarantees, and `keepalive` outlives `memory` (field order).
         let memory = unsafe { regions_over(host_addr, size) }?;
         Ok(Self {
             memory,
             size,
-            backing: Backing::External {
-                memfd,
-                _keepalive: keepalive,
-            },
+            backing: Backing::External { memfd, keepalive },
         })
+    }
+
+    /// The counters of the memory engine serving this RAM (a restored VM's; see
+    /// [`ExternalMemory::engine_stats`]), `None` for RAM no engine serves.
+    pub fn engine_stats(&self) -> Option<EngineStats> {
+        match &self.backing {
+            Backing::External { keepalive, .. } => keepalive.engine_stats(),
+            _ => None,
+        }
     }
 
     /// The memfd behind the RAM, if the RAM is a mapping of one.

@@ -5,8 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use zygote::agent::{AgentError, ErrorCode};
 use zygote::{BlockConfig, ExitReason, NetConfig, VsockConfig};
-use zygote_guest::proto::agent::{source_checksum, StreamChecksum};
+use zygote_guest::proto::agent::{
+    source_checksum, GuestKind, Request, StreamChecksum, PROTOCOL_VERSION,
+};
 use zygote_guest::Workload;
 
 /// Without a vsock device the agent says so and exits 4.
@@ -53,6 +56,15 @@ fn agent_end_to_end() {
 
     let mut agent = timed("connect", || vm.agent()).expect("connect to the agent");
     timed("ping", || agent.ping()).expect("ping");
+    assert_eq!(
+        agent.hello().expect("hello"),
+        (PROTOCOL_VERSION, GuestKind::Zygote)
+    );
+    // The Linux agent's operations are a typed refusal here, and the connection stays usable.
+    assert!(matches!(
+        agent.call(&Request::Stat(b"/")),
+        Err(AgentError::Guest(ErrorCode::Unsupported))
+    ));
     let rtt = Instant::now();
     for _ in 0..10 {
         agent.ping().expect("ping");

@@ -65,13 +65,13 @@ fn kernel_missing_unreadable_or_not_elf() {
     fs::write(&text, b"#!/bin/sh\necho not a kernel\n").unwrap();
     assert!(matches!(
         config_err(valid().kernel(&text)),
-        ConfigError::KernelNotElf { .. }
+        ConfigError::UnknownKernelFormat { .. }
     ));
     let empty = common::temp_path("empty-kernel");
     fs::write(&empty, b"").unwrap();
     assert!(matches!(
         config_err(valid().kernel(&empty)),
-        ConfigError::KernelNotElf { .. }
+        ConfigError::UnknownKernelFormat { .. }
     ));
     let _ = fs::remove_file(text);
     let _ = fs::remove_file(empty);
@@ -129,6 +129,30 @@ fn a_kernel_segment_over_the_zero_page_is_refused_before_anything_is_written() {
     let text = err.to_string();
     assert!(text.contains("kernel segment 0 [0x7000,"), "{text}");
     assert!(text.contains("the zero page [0x7000, 0x8000)"), "{text}");
+    let _ = fs::remove_file(path);
+}
+
+#[test]
+fn a_corrupt_bzimage_is_a_boot_error_not_a_panic() {
+    // boot_flag and HdrS make it a bzImage; loadflags without LOADED_HIGH, then a setup size
+    // past the end of the file, then no 64-bit entry, are each refused by the loader.
+    let mut image = vec![0u8; 0x1000];
+    image[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    let path = common::temp_path("corrupt-bzimage");
+    let mut variants = Vec::new();
+    variants.push(image.clone());
+    image[0x211] = 1; // LOADED_HIGH
+    image[0x1f1] = 200; // setup_sects: 100 KiB of setup in a 4 KiB file
+    variants.push(image.clone());
+    image[0x1f1] = 4; // xloadflags stays 0: no 64-bit entry
+    variants.push(image);
+    for bytes in variants {
+        fs::write(&path, &bytes).unwrap();
+        let err = build_err(valid().kernel(&path));
+        assert!(matches!(err, Error::Boot(BootError::BzImage(_))), "{err}");
+    }
     let _ = fs::remove_file(path);
 }
 

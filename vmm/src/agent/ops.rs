@@ -3,7 +3,9 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use zygote_guest_proto::agent::{Request, Response, StreamChecksum, DISK_ID_LEN, VM_ID_LEN};
+use zygote_guest_proto::agent::{
+    GuestKind, Request, Response, StreamChecksum, DISK_ID_LEN, PROTOCOL_VERSION, VM_ID_LEN,
+};
 
 use super::{AgentClient, AgentError};
 
@@ -34,6 +36,16 @@ impl AgentClient {
     pub fn ping(&mut self) -> Result<(), AgentError> {
         match self.call(&Request::Ping)? {
             Response::Pong => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Exchanges protocol versions: the guest's version and kind.
+    pub fn hello(&mut self) -> Result<(u32, GuestKind), AgentError> {
+        match self.call(&Request::Hello {
+            version: PROTOCOL_VERSION,
+        })? {
+            Response::Hello { version, guest } => Ok((version, guest)),
             other => Err(unexpected(&other)),
         }
     }

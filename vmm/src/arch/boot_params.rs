@@ -1,6 +1,6 @@
 //! The Linux zero page (`struct boot_params`) with its e820 memory map.
 
-use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use vm_memory::GuestAddress;
 
 use super::layout::{ram_regions, EBDA_START, HIMEM_START, VM_IDENTITY_SIZE, VM_IDENTITY_START};
@@ -32,15 +32,21 @@ pub struct BootInputs {
     pub cmdline_size: usize,
     /// Guest address and size of the initrd, if any.
     pub initrd: Option<(GuestAddress, u64)>,
+    /// A bzImage's setup header, copied into the zero page as the boot protocol requires
+    /// (its `kernel_alignment`, `init_size` and flags are the kernel's); `None` for an ELF.
+    pub setup_header: Option<setup_header>,
 }
 
 /// Builds the zero page for `mem_size` bytes of RAM.
 pub fn build(mem_size: u64, inputs: &BootInputs) -> Result<boot_params, BootParamsError> {
     let mut params = boot_params::default();
+    match inputs.setup_header {
+        Some(header) => params.hdr = header,
+        None => params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES,
+    }
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
-    params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
     let cmdline = inputs.cmdline_addr.0;
     params.hdr.cmd_line_ptr = cmdline as u32;
     params.ext_cmd_line_ptr = (cmdline >> 32) as u32;
@@ -110,6 +116,7 @@ mod tests {
             cmdline_addr: GuestAddress(0x20000),
             cmdline_size: 12,
             initrd: Some((GuestAddress(0x7f00_0000), 0x1000)),
+            setup_header: None,
         }
     }
 
@@ -138,6 +145,34 @@ mod tests {
                 (EBDA_START, 0x10_0000 - EBDA_START, E820_RESERVED),
                 (0x10_0000, (128 << 20) - 0x10_0000, E820_RAM),
             ]
+        );
+    }
+
+    #[test]
+    fn bzimage_setup_header_is_kept_under_the_loaders_fields() {
+        let header = setup_header {
+            kernel_alignment: 0x20_0000,
+            init_size: 0x80_0000,
+            xloadflags: 1,
+            cmd_line_ptr: 0xdead,
+            ..Default::default()
+        };
+        let params = build(
+            128 << 20,
+            &BootInputs {
+                setup_header: Some(header),
+                ..inputs()
+            },
+        )
+        .unwrap();
+        assert_eq!({ params.hdr.kernel_alignment }, 0x20_0000);
+        assert_eq!({ params.hdr.init_size }, 0x80_0000);
+        assert_eq!({ params.hdr.xloadflags }, 1);
+        assert_eq!({ params.hdr.cmd_line_ptr }, 0x20000);
+        assert_eq!({ params.hdr.type_of_loader }, 0xff);
+        assert_eq!(
+            { build(128 << 20, &inputs()).unwrap().hdr.kernel_alignment },
+            0x100_0000
         );
     }
 

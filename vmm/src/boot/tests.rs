@@ -329,7 +329,15 @@ fn every_boot_region_is_disjoint_for_the_largest_command_line_and_mp_table() {
         segments: vec![],
     };
     let line = "x".repeat(CMDLINE_MAX_SIZE - 1);
-    let plan = plan(8 * MIB, crate::config::MAX_VCPUS, &image, &line, Some(MIB)).unwrap();
+    let plan = plan(
+        8 * MIB,
+        crate::config::MAX_VCPUS,
+        &image,
+        None,
+        &line,
+        Some(MIB),
+    )
+    .unwrap();
     let names: Vec<_> = plan.regions().map(|r| r.name).collect();
     for name in [
         RegionName::ZeroPage,

@@ -18,15 +18,16 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use zygote_snapshot::memory::{compressed, diff, merge, raw};
 use zygote_snapshot::{
-    EngineError, ImageError, MemoryEngine, MemoryLayout, PageBitmap, PageSource, RamRange,
-    SectionId, SnapshotId, StateFile, StateFileError, StateFileWriter, WriteError,
+    EngineError, EngineStats, ImageError, MemoryEngine, MemoryLayout, PageBitmap, PageSource,
+    RamRange, RestoredMemory, SectionId, SnapshotId, StateFile, StateFileError, StateFileWriter,
+    WriteError,
 };
 
 use crate::arch::layout::ram_regions;
 use crate::control::VmControl;
 use crate::error::Error;
 use crate::exit::ExitReason;
-use crate::memory::GuestRam;
+use crate::memory::{ExternalMemory, GuestRam};
 use crate::state::{CaptureError, MachineState, VcpuState, VmArchState};
 use crate::vm::{RestoreConfig, RestoreExtras, RunningVm, Vm};
 use zygote_devices::virtio::block::OverlayState;
@@ -553,6 +554,14 @@ impl Vm {
             .map_err(|e| LoadError::Restore(Box::new(e)))?;
         relay.attach(vm.control());
         Ok(vm)
+    }
+}
+
+/// A restored VM's memory stays alive, and its engine's counters readable, through the RAM.
+impl ExternalMemory for Mutex<RestoredMemory> {
+    fn engine_stats(&self) -> Option<EngineStats> {
+        let restored = self.lock().unwrap_or_else(|p| p.into_inner());
+        restored.service.as_ref().map(|service| service.stats())
     }
 }
 

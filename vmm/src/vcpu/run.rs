@@ -215,12 +215,17 @@ fn triple_fault(vcpu: &Vcpu) -> ExitReason {
     })
 }
 
+/// A `KVM_EXIT_INTERNAL_ERROR`, with everything KVM reports in `kvm_run.internal`.
 fn internal_error(vcpu: &mut Vcpu) -> ExitReason {
     let run = vcpu.fd.get_kvm_run();
     // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so `internal` is the union member KVM
-    // filled in.
-    let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
-    ExitReason::GuestFault(GuestFault::InternalError { suberror })
+    // filled in; it is plain integers, valid for any bit pattern.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    ExitReason::GuestFault(GuestFault::InternalError {
+        suberror: internal.suberror,
+        ndata: internal.ndata,
+        data: [internal.data[0], internal.data[1], internal.data[2], internal.data[3]],
+    })
 }
 
 #[cfg(test)]

@@ -193,6 +193,13 @@ impl RunningVm {
         self.core.kvm.ram()
     }
 
+    /// The counters of the memory engine serving a restored VM's memory (faults served, pages
+    /// placed or loaded in bulk); `None` for a booted or forked VM, or an engine with no
+    /// service (mmap).
+    pub fn engine_stats(&self) -> Option<zygote_snapshot::EngineStats> {
+        self.ram().engine_stats()
+    }
+
     /// The KVM context the VM was made with (share it with the VMs restored from this one).
     pub fn context(&self) -> &Arc<KvmContext> {
         &self.core.context

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod linux;
+
 use std::time::Duration;
 
 use zygote::{ConsoleBuffer, ExitReason, RunningVm, SerialOutput, VmBuilder};

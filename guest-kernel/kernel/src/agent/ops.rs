@@ -2,7 +2,8 @@
 //! knows it) and sending the response.
 
 use zygote_guest_proto::agent::{
-    DecodeError, EncodeError, ErrorCode, Request, Response, StreamChecksum,
+    DecodeError, EncodeError, ErrorCode, GuestKind, Request, Response, StreamChecksum,
+    PROTOCOL_VERSION,
 };
 
 use super::memory::counter_add;
@@ -105,6 +106,22 @@ impl Agent {
             Request::NetRecv { timeout_ms } => self.net_recv(timeout_ms),
             Request::ConnectHost { port, payload } => self.connect_host(port, payload),
             Request::Identity => self.identity(),
+            Request::Hello { .. } => Response::Hello {
+                version: PROTOCOL_VERSION,
+                guest: GuestKind::Zygote,
+            },
+            // The Linux agent's operations: a typed refusal, the connection stays usable.
+            Request::Exec(_)
+            | Request::Signal { .. }
+            | Request::WriteFile { .. }
+            | Request::ReadFile { .. }
+            | Request::Stat(_)
+            | Request::List { .. }
+            | Request::Remove { .. }
+            | Request::Mkdir { .. }
+            | Request::Ports
+            | Request::WaitPort { .. }
+            | Request::Bridge { .. } => Response::Error(ErrorCode::Unsupported),
             // Handled by `handle`.
             Request::Source { .. } | Request::Exit(_) => {
                 Response::Error(ErrorCode::InvalidArgument)

@@ -57,8 +57,18 @@ impl<'b> Writer<'b> {
         self.bytes(&[value]);
     }
 
+    pub(super) fn u16(&mut self, value: u16) {
+        self.bytes(&value.to_le_bytes());
+    }
+
     pub(super) fn u32(&mut self, value: u32) {
         self.bytes(&value.to_le_bytes());
+    }
+
+    /// A byte string with a `u32` length before it (the caller checked it fits a `u32`).
+    pub(super) fn sized(&mut self, bytes: &[u8]) {
+        self.u32(bytes.len() as u32);
+        self.bytes(bytes);
     }
 
     pub(super) fn u64(&mut self, value: u64) {
@@ -94,6 +104,12 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
 
+    pub(super) fn u16(&mut self) -> Result<u16, DecodeError> {
+        let mut value = [0u8; 2];
+        value.copy_from_slice(self.take(2)?);
+        Ok(u16::from_le_bytes(value))
+    }
+
     pub(super) fn u32(&mut self) -> Result<u32, DecodeError> {
         let mut value = [0u8; 4];
         value.copy_from_slice(self.take(4)?);
@@ -106,9 +122,29 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(value))
     }
 
+    /// A byte string written by [`Writer::sized`].
+    pub(super) fn sized(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+
+    /// A `u8` that must be 0 or 1.
+    pub(super) fn flag(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::Invalid),
+        }
+    }
+
     /// The rest of the body.
     pub(super) fn rest(&mut self) -> &'a [u8] {
         core::mem::take(&mut self.rest)
+    }
+
+    /// Whether every byte was read.
+    pub(super) fn is_empty(&self) -> bool {
+        self.rest.is_empty()
     }
 
     /// Fails unless every byte was read.

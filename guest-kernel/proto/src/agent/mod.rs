@@ -11,7 +11,15 @@
 //! Two operations stream raw bytes outside frames on the same connection: after a
 //! [`Request::Sink`] the host sends `len` bytes, and the guest answers [`Response::Sunk`] with
 //! their [`StreamChecksum`]; after answering [`Request::Source`] with [`Response::Sourcing`]
-//! the guest sends `len` bytes of [`source_byte`].
+//! the guest sends `len` bytes of [`source_byte`]. After [`Response::Bridged`] the connection
+//! carries raw bytes to and from a guest TCP port until either side closes.
+//!
+//! Both guests speak this one protocol: a host starts with [`Request::Hello`] to learn the
+//! guest's [`PROTOCOL_VERSION`] and [`GuestKind`]. An opcode a guest does not know is answered
+//! [`ErrorCode::UnknownOpcode`], one it knows but does not serve [`ErrorCode::Unsupported`];
+//! neither closes the connection. Zygote's own guest serves the memory, disk, net and vsock
+//! operations; the Linux agent serves `Ping`, `Echo`, the counter, `Touch`, `Sink`, `Source`
+//! and its own exec, file, port and bridge operations.
 //!
 //! ```
 //! use zygote_guest_proto::agent::{Request, Response};
@@ -28,6 +36,9 @@
 mod checksum;
 mod codec;
 mod error;
+mod exec;
+mod files;
+mod hello;
 mod opcode;
 mod request;
 mod response;
@@ -37,6 +48,9 @@ mod tests;
 pub use checksum::{fill_source, source_byte, source_checksum, StreamChecksum};
 pub use codec::frame_len;
 pub use error::{DecodeError, EncodeError};
+pub use exec::{Exec, ExitStatus, OutputStream, Strings};
+pub use files::{DirEntry, Entries, FileKind, FileStat, PortList, MAX_FILE_CHUNK, MAX_PATH};
+pub use hello::{GuestKind, PROTOCOL_VERSION};
 pub use opcode::{ErrorCode, Opcode};
 pub use request::Request;
 pub use response::Response;

@@ -24,7 +24,19 @@ pub enum Opcode {
     Source = 14,
     ConnectHost = 15,
     Exit = 16,
-    Identity = 17,
+    Hello = 17,
+    Exec = 18,
+    Signal = 19,
+    WriteFile = 20,
+    ReadFile = 21,
+    Stat = 22,
+    List = 23,
+    Remove = 24,
+    Mkdir = 25,
+    Ports = 26,
+    WaitPort = 27,
+    Bridge = 28,
+    Identity = 29,
 }
 
 impl Opcode {
@@ -48,7 +60,19 @@ impl Opcode {
             14 => Source,
             15 => ConnectHost,
             16 => Exit,
-            17 => Identity,
+            17 => Hello,
+            18 => Exec,
+            19 => Signal,
+            20 => WriteFile,
+            21 => ReadFile,
+            22 => Stat,
+            23 => List,
+            24 => Remove,
+            25 => Mkdir,
+            26 => Ports,
+            27 => WaitPort,
+            28 => Bridge,
+            29 => Identity,
             _ => return None,
         })
     }
@@ -80,6 +104,19 @@ pub enum ErrorCode {
     Busy = 10,
     /// The disk is read-only.
     ReadOnly = 11,
+    /// The guest knows the operation but does not serve it (Zygote's own guest has no exec,
+    /// the Linux agent no disk operations); see [`GuestKind`](super::GuestKind).
+    Unsupported = 12,
+    /// The path (or the program to run) does not exist (`ENOENT`).
+    NotFound = 13,
+    /// The guest refused access (`EACCES`, `EPERM`).
+    PermissionDenied = 14,
+    /// The path exists already (`EEXIST`), or a directory to remove is not empty.
+    AlreadyExists = 15,
+    /// What the request waited for did not happen in time (`WaitPort`).
+    TimedOut = 16,
+    /// Another I/O error in the guest.
+    IoError = 17,
 }
 
 impl ErrorCode {
@@ -98,6 +135,12 @@ impl ErrorCode {
             9 => ConnectFailed,
             10 => Busy,
             11 => ReadOnly,
+            12 => Unsupported,
+            13 => NotFound,
+            14 => PermissionDenied,
+            15 => AlreadyExists,
+            16 => TimedOut,
+            17 => IoError,
             _ => return None,
         })
     }
@@ -117,6 +160,12 @@ impl fmt::Display for ErrorCode {
             ErrorCode::ConnectFailed => "connection to the host failed",
             ErrorCode::Busy => "guest busy",
             ErrorCode::ReadOnly => "read-only disk",
+            ErrorCode::Unsupported => "the guest does not serve this operation",
+            ErrorCode::NotFound => "no such file or program",
+            ErrorCode::PermissionDenied => "permission denied",
+            ErrorCode::AlreadyExists => "already exists or not empty",
+            ErrorCode::TimedOut => "timed out",
+            ErrorCode::IoError => "I/O error in the guest",
         };
         f.write_str(text)
     }

@@ -1,9 +1,10 @@
 //! Requests from the host to the agent: the type and its codec.
 
 use super::codec::{split_frame, whole_sectors, Reader, Writer};
+use super::files::valid_path;
 use super::{
-    DecodeError, EncodeError, Opcode, LEN_PREFIX, MAX_DISK_SECTORS, MAX_ECHO, MAX_FRAME,
-    MAX_NET_FRAME,
+    DecodeError, EncodeError, Exec, Opcode, LEN_PREFIX, MAX_DISK_SECTORS, MAX_ECHO, MAX_FILE_CHUNK,
+    MAX_FRAME, MAX_NET_FRAME,
 };
 // Only named in doc links.
 #[cfg(doc)]
@@ -89,6 +90,88 @@ pub enum Request<'a> {
     /// What the guest read from its identity page ([`crate::VmIdentity`]) and its random
     /// state; [`Response::Identity`].
     Identity,
+    /// The host's protocol version; answered [`Response::Hello`] with the guest's.
+    Hello {
+        /// [`PROTOCOL_VERSION`](super::PROTOCOL_VERSION) of the host.
+        version: u32,
+    },
+    /// Runs a program. Answered [`Response::ExecStarted`], then any number of
+    /// [`Response::ExecOutput`] while it runs, then [`Response::ExecExited`]; a program that
+    /// cannot be started is answered with an error instead (`NotFound`, `PermissionDenied`).
+    Exec(Exec<'a>),
+    /// Sends `signal` to the process group of a program `Exec` started (its `pid`);
+    /// [`Response::Signaled`].
+    Signal {
+        /// The pid [`Response::ExecStarted`] named.
+        pid: u32,
+        /// The signal number (SIGKILL is 9, SIGTERM 15).
+        signal: u32,
+    },
+    /// Writes `data` (at most [`MAX_FILE_CHUNK`]) at `offset`, creating the file with `mode`
+    /// if it is missing; [`Response::Written`].
+    WriteFile {
+        /// The file (at most [`MAX_PATH`](super::MAX_PATH) bytes, no NUL).
+        path: &'a [u8],
+        /// Byte offset to write at.
+        offset: u64,
+        /// Truncate the file to 0 bytes first.
+        truncate: bool,
+        /// Permission bits for a new file.
+        mode: u32,
+        /// The bytes.
+        data: &'a [u8],
+    },
+    /// Reads up to `len` (at most [`MAX_FILE_CHUNK`]) bytes at `offset`; [`Response::FileData`],
+    /// shorter than `len` only at the end of the file.
+    ReadFile {
+        /// The file.
+        path: &'a [u8],
+        /// Byte offset to read at.
+        offset: u64,
+        /// Most bytes to read.
+        len: u32,
+    },
+    /// The path's metadata, not following a final symlink; [`Response::Stat`].
+    Stat(&'a [u8]),
+    /// A directory's entries, sorted by name, from the `start`th; [`Response::Entries`].
+    List {
+        /// The directory.
+        path: &'a [u8],
+        /// Index of the first entry wanted.
+        start: u32,
+    },
+    /// Removes a file or an empty directory (or a whole tree, `recursive`); [`Response::Removed`].
+    Remove {
+        /// What to remove.
+        path: &'a [u8],
+        /// Remove a directory and everything in it.
+        recursive: bool,
+    },
+    /// Creates a directory (and its missing parents, `parents`); [`Response::MadeDir`].
+    Mkdir {
+        /// The directory.
+        path: &'a [u8],
+        /// Create missing parents too and accept an existing directory.
+        parents: bool,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// The TCP ports listening in the guest; [`Response::Ports`].
+    Ports,
+    /// Waits up to `timeout_ms` for a TCP port to be listening; [`Response::PortOpen`] or
+    /// [`ErrorCode::TimedOut`].
+    WaitPort {
+        /// The port.
+        port: u16,
+        /// How long to wait, in milliseconds.
+        timeout_ms: u32,
+    },
+    /// Connects to the guest's TCP `port` on the loopback address; after [`Response::Bridged`]
+    /// the connection carries raw bytes both ways, each side's end of stream passed on.
+    Bridge {
+        /// The guest's TCP port.
+        port: u16,
+    },
 }
 
 impl<'a> Request<'a> {
@@ -112,6 +195,18 @@ impl<'a> Request<'a> {
             Request::ConnectHost { .. } => Opcode::ConnectHost,
             Request::Exit(_) => Opcode::Exit,
             Request::Identity => Opcode::Identity,
+            Request::Hello { .. } => Opcode::Hello,
+            Request::Exec(_) => Opcode::Exec,
+            Request::Signal { .. } => Opcode::Signal,
+            Request::WriteFile { .. } => Opcode::WriteFile,
+            Request::ReadFile { .. } => Opcode::ReadFile,
+            Request::Stat(_) => Opcode::Stat,
+            Request::List { .. } => Opcode::List,
+            Request::Remove { .. } => Opcode::Remove,
+            Request::Mkdir { .. } => Opcode::Mkdir,
+            Request::Ports => Opcode::Ports,
+            Request::WaitPort { .. } => Opcode::WaitPort,
+            Request::Bridge { .. } => Opcode::Bridge,
         }
     }
 
@@ -122,7 +217,8 @@ impl<'a> Request<'a> {
             | Request::DiskFlush
             | Request::DiskId
             | Request::CounterGet
-            | Request::Identity => 0,
+            | Request::Identity
+            | Request::Ports => 0,
             Request::Echo(data) | Request::NetSend(data) => data.len(),
             Request::Touch { .. } => 12,
             Request::Checksum { .. } | Request::Source { .. } => 16,
@@ -131,6 +227,17 @@ impl<'a> Request<'a> {
             Request::NetRecv { .. } | Request::Exit(_) => 4,
             Request::CounterAdd(_) | Request::Sink { .. } => 8,
             Request::ConnectHost { payload, .. } => 4 + payload.len(),
+            Request::Hello { .. } => 4,
+            Request::Exec(exec) => exec.body_len(),
+            Request::Signal { .. } => 8,
+            Request::WriteFile { path, data, .. } => 8 + 1 + 4 + 4 + path.len() + data.len(),
+            Request::ReadFile { path, .. } => 12 + path.len(),
+            Request::Stat(path) => path.len(),
+            Request::List { path, .. } => 4 + path.len(),
+            Request::Remove { path, .. } => 1 + path.len(),
+            Request::Mkdir { path, .. } => 5 + path.len(),
+            Request::WaitPort { .. } => 6,
+            Request::Bridge { .. } => 2,
         }
     }
 
@@ -146,6 +253,17 @@ impl<'a> Request<'a> {
             Request::DiskRead { count, .. } => (1..=MAX_DISK_SECTORS).contains(&count),
             Request::NetSend(frame) => !frame.is_empty() && frame.len() <= MAX_NET_FRAME,
             Request::Echo(data) => data.len() <= MAX_ECHO,
+            Request::Exec(exec) => exec.valid() && self.body_len() <= MAX_FRAME,
+            Request::WriteFile { path, data, .. } => {
+                valid_path(path) && data.len() <= MAX_FILE_CHUNK
+            }
+            Request::ReadFile { path, len, .. } => {
+                valid_path(path) && len as usize <= MAX_FILE_CHUNK
+            }
+            Request::Stat(path)
+            | Request::List { path, .. }
+            | Request::Remove { path, .. }
+            | Request::Mkdir { path, .. } => valid_path(path),
             _ => self.body_len() <= MAX_FRAME,
         }
     }
@@ -168,7 +286,8 @@ impl<'a> Request<'a> {
             | Request::DiskFlush
             | Request::DiskId
             | Request::CounterGet
-            | Request::Identity => {}
+            | Request::Identity
+            | Request::Ports => {}
             Request::Echo(data) | Request::NetSend(data) => w.bytes(data),
             Request::Touch { mib, pattern } => {
                 w.u32(mib);
@@ -197,7 +316,53 @@ impl<'a> Request<'a> {
                 w.u32(port);
                 w.bytes(payload);
             }
-            Request::Exit(code) => w.u32(code),
+            Request::Exit(code) | Request::Hello { version: code } => w.u32(code),
+            Request::Exec(exec) => exec.write(w),
+            Request::Signal { pid, signal } => {
+                w.u32(pid);
+                w.u32(signal);
+            }
+            Request::WriteFile {
+                path,
+                offset,
+                truncate,
+                mode,
+                data,
+            } => {
+                w.u64(offset);
+                w.u8(truncate as u8);
+                w.u32(mode);
+                w.sized(path);
+                w.bytes(data);
+            }
+            Request::ReadFile { path, offset, len } => {
+                w.u64(offset);
+                w.u32(len);
+                w.bytes(path);
+            }
+            Request::Stat(path) => w.bytes(path),
+            Request::List { path, start } => {
+                w.u32(start);
+                w.bytes(path);
+            }
+            Request::Remove { path, recursive } => {
+                w.u8(recursive as u8);
+                w.bytes(path);
+            }
+            Request::Mkdir {
+                path,
+                parents,
+                mode,
+            } => {
+                w.u8(parents as u8);
+                w.u32(mode);
+                w.bytes(path);
+            }
+            Request::WaitPort { port, timeout_ms } => {
+                w.u16(port);
+                w.u32(timeout_ms);
+            }
+            Request::Bridge { port } => w.u16(port),
         }
     }
 
@@ -256,6 +421,49 @@ impl<'a> Request<'a> {
             },
             Opcode::Exit => Request::Exit(r.u32()?),
             Opcode::Identity => Request::Identity,
+            Opcode::Hello => Request::Hello { version: r.u32()? },
+            Opcode::Exec => Request::Exec(Exec::read(r)?),
+            Opcode::Signal => Request::Signal {
+                pid: r.u32()?,
+                signal: r.u32()?,
+            },
+            Opcode::WriteFile => {
+                let offset = r.u64()?;
+                let truncate = r.flag()?;
+                let mode = r.u32()?;
+                Request::WriteFile {
+                    offset,
+                    truncate,
+                    mode,
+                    path: r.sized()?,
+                    data: r.rest(),
+                }
+            }
+            Opcode::ReadFile => Request::ReadFile {
+                offset: r.u64()?,
+                len: r.u32()?,
+                path: r.rest(),
+            },
+            Opcode::Stat => Request::Stat(r.rest()),
+            Opcode::List => Request::List {
+                start: r.u32()?,
+                path: r.rest(),
+            },
+            Opcode::Remove => Request::Remove {
+                recursive: r.flag()?,
+                path: r.rest(),
+            },
+            Opcode::Mkdir => Request::Mkdir {
+                parents: r.flag()?,
+                mode: r.u32()?,
+                path: r.rest(),
+            },
+            Opcode::Ports => Request::Ports,
+            Opcode::WaitPort => Request::WaitPort {
+                port: r.u16()?,
+                timeout_ms: r.u32()?,
+            },
+            Opcode::Bridge => Request::Bridge { port: r.u16()? },
         })
     }
 }

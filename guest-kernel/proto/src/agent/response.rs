@@ -1,9 +1,11 @@
 //! Responses from the agent to the host: the type and its codec.
 
 use super::codec::{split_frame, whole_sectors, Reader, Writer};
+use super::exec::event;
 use super::{
-    DecodeError, EncodeError, ErrorCode, Opcode, DISK_ID_LEN, LEN_PREFIX, MAX_FRAME,
-    MAX_HOST_REPLY, MAX_NET_FRAME, VM_ID_LEN,
+    DecodeError, EncodeError, Entries, ErrorCode, ExitStatus, FileStat, GuestKind, Opcode,
+    OutputStream, PortList, DISK_ID_LEN, LEN_PREFIX, MAX_FILE_CHUNK, MAX_FRAME, MAX_HOST_REPLY,
+    MAX_NET_FRAME, VM_ID_LEN,
 };
 // Only named in doc links.
 #[cfg(doc)]
@@ -69,6 +71,57 @@ pub enum Response<'a> {
         /// One fresh value from that random state.
         random: u64,
     },
+    /// Answers [`Request::Hello`].
+    Hello {
+        /// The guest's [`PROTOCOL_VERSION`](super::PROTOCOL_VERSION).
+        version: u32,
+        /// Which guest it is.
+        guest: GuestKind,
+    },
+    /// First answer to [`Request::Exec`]: the program started.
+    ExecStarted {
+        /// Its process ID (also its process group's).
+        pid: u32,
+    },
+    /// Bytes the program wrote, in the order they were read.
+    ExecOutput {
+        /// Which output.
+        stream: OutputStream,
+        /// The bytes (at least one).
+        data: &'a [u8],
+    },
+    /// Last answer to [`Request::Exec`]: the program ended.
+    ExecExited {
+        /// How it ended.
+        status: ExitStatus,
+        /// Whether the agent killed it because its timeout passed.
+        timed_out: bool,
+    },
+    /// Answers [`Request::Signal`].
+    Signaled,
+    /// Answers [`Request::WriteFile`].
+    Written,
+    /// Answers [`Request::ReadFile`].
+    FileData(&'a [u8]),
+    /// Answers [`Request::Stat`].
+    Stat(FileStat),
+    /// Answers [`Request::List`].
+    Entries {
+        /// Index to ask for next, or 0 when these were the last.
+        next: u32,
+        /// The entries.
+        entries: Entries<'a>,
+    },
+    /// Answers [`Request::Remove`].
+    Removed,
+    /// Answers [`Request::Mkdir`].
+    MadeDir,
+    /// Answers [`Request::Ports`]: each listening port once, ascending.
+    Ports(PortList<'a>),
+    /// Answers [`Request::WaitPort`]: the port is listening.
+    PortOpen,
+    /// Answers [`Request::Bridge`]: raw bytes follow both ways.
+    Bridged,
     /// The request failed.
     Error(ErrorCode),
 }
@@ -93,6 +146,20 @@ impl<'a> Response<'a> {
             Response::HostReply(_) => Opcode::ConnectHost,
             Response::Exiting(_) => Opcode::Exit,
             Response::Identity { .. } => Opcode::Identity,
+            Response::Hello { .. } => Opcode::Hello,
+            Response::ExecStarted { .. }
+            | Response::ExecOutput { .. }
+            | Response::ExecExited { .. } => Opcode::Exec,
+            Response::Signaled => Opcode::Signal,
+            Response::Written => Opcode::WriteFile,
+            Response::FileData(_) => Opcode::ReadFile,
+            Response::Stat(_) => Opcode::Stat,
+            Response::Entries { .. } => Opcode::List,
+            Response::Removed => Opcode::Remove,
+            Response::MadeDir => Opcode::Mkdir,
+            Response::Ports(_) => Opcode::Ports,
+            Response::PortOpen => Opcode::WaitPort,
+            Response::Bridged => Opcode::Bridge,
             Response::Error(_) => return None,
         })
     }
@@ -101,11 +168,28 @@ impl<'a> Response<'a> {
     fn body_len(&self) -> usize {
         let fields = match self {
             Response::Error(_) => return 1,
-            Response::Pong | Response::DiskWritten | Response::DiskFlushed | Response::NetSent => 0,
+            Response::Pong
+            | Response::DiskWritten
+            | Response::DiskFlushed
+            | Response::NetSent
+            | Response::Signaled
+            | Response::Written
+            | Response::Removed
+            | Response::MadeDir
+            | Response::PortOpen
+            | Response::Bridged => 0,
             Response::Echo(data)
             | Response::DiskData(data)
             | Response::NetFrame(data)
-            | Response::HostReply(data) => data.len(),
+            | Response::HostReply(data)
+            | Response::FileData(data) => data.len(),
+            Response::Hello { .. } => 5,
+            Response::ExecStarted { .. } => 5,
+            Response::ExecOutput { data, .. } => 2 + data.len(),
+            Response::ExecExited { .. } => 7,
+            Response::Stat(_) => FileStat::LEN,
+            Response::Entries { entries, .. } => 4 + entries.as_bytes().len(),
+            Response::Ports(ports) => ports.as_bytes().len(),
             Response::Touched { .. } | Response::Sunk { .. } => 16,
             Response::Checksum(_) | Response::Counter(_) | Response::Sourcing { .. } => 8,
             Response::DiskId(_) => DISK_ID_LEN,
@@ -126,6 +210,8 @@ impl<'a> Response<'a> {
             Response::DiskData(data) => whole_sectors(data),
             Response::NetFrame(frame) => !frame.is_empty() && frame.len() <= MAX_NET_FRAME,
             Response::HostReply(data) => data.len() <= MAX_HOST_REPLY,
+            Response::FileData(data) => data.len() <= MAX_FILE_CHUNK,
+            Response::ExecOutput { data, .. } => !data.is_empty() && self.body_len() <= MAX_FRAME,
             _ => self.body_len() <= MAX_FRAME,
         }
     }
@@ -157,11 +243,42 @@ impl<'a> Response<'a> {
             | Response::DiskWritten
             | Response::DiskFlushed
             | Response::NetSent
+            | Response::Signaled
+            | Response::Written
+            | Response::Removed
+            | Response::MadeDir
+            | Response::PortOpen
+            | Response::Bridged
             | Response::Error(_) => {}
             Response::Echo(data)
             | Response::DiskData(data)
             | Response::NetFrame(data)
-            | Response::HostReply(data) => w.bytes(data),
+            | Response::HostReply(data)
+            | Response::FileData(data) => w.bytes(data),
+            Response::Hello { version, guest } => {
+                w.u32(version);
+                w.u8(guest as u8);
+            }
+            Response::ExecStarted { pid } => {
+                w.u8(event::STARTED);
+                w.u32(pid);
+            }
+            Response::ExecOutput { stream, data } => {
+                w.u8(event::OUTPUT);
+                w.u8(stream as u8);
+                w.bytes(data);
+            }
+            Response::ExecExited { status, timed_out } => {
+                w.u8(event::EXITED);
+                status.write(w);
+                w.u8(timed_out as u8);
+            }
+            Response::Stat(stat) => stat.write(w),
+            Response::Entries { next, entries } => {
+                w.u32(next);
+                w.bytes(entries.as_bytes());
+            }
+            Response::Ports(ports) => w.bytes(ports.as_bytes()),
             Response::Touched { addr, checksum } => {
                 w.u64(addr);
                 w.u64(checksum);
@@ -248,6 +365,40 @@ impl<'a> Response<'a> {
                     random: r.u64()?,
                 }
             }
+            Opcode::Hello => Response::Hello {
+                version: r.u32()?,
+                guest: GuestKind::from_u8(r.u8()?).ok_or(DecodeError::Invalid)?,
+            },
+            Opcode::Exec => Self::read_exec_event(r)?,
+            Opcode::Signal => Response::Signaled,
+            Opcode::WriteFile => Response::Written,
+            Opcode::ReadFile => Response::FileData(r.rest()),
+            Opcode::Stat => Response::Stat(FileStat::read(r)?),
+            Opcode::List => Response::Entries {
+                next: r.u32()?,
+                entries: Entries::new(r.rest()).ok_or(DecodeError::Invalid)?,
+            },
+            Opcode::Remove => Response::Removed,
+            Opcode::Mkdir => Response::MadeDir,
+            Opcode::Ports => Response::Ports(PortList::new(r.rest()).ok_or(DecodeError::Invalid)?),
+            Opcode::WaitPort => Response::PortOpen,
+            Opcode::Bridge => Response::Bridged,
+        })
+    }
+
+    /// Reads one of the three answers to `Exec` (the body after status and opcode).
+    fn read_exec_event(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        Ok(match r.u8()? {
+            event::STARTED => Response::ExecStarted { pid: r.u32()? },
+            event::OUTPUT => Response::ExecOutput {
+                stream: OutputStream::read(r)?,
+                data: r.rest(),
+            },
+            event::EXITED => Response::ExecExited {
+                status: ExitStatus::read(r)?,
+                timed_out: r.flag()?,
+            },
+            _ => return Err(DecodeError::Invalid),
         })
     }
 }

@@ -43,6 +43,56 @@ fn all_requests(data: &[u8], sectors: &[u8]) -> Vec<Request<'static>> {
         },
         Request::Exit(0xdead),
         Request::Identity,
+        Request::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        Request::Exec(Exec {
+            argv: Strings::new(b"/bin/sh\0-c\0echo hi\0").unwrap(),
+            env: Strings::new(b"A=1\0").unwrap(),
+            cwd: b"/tmp",
+            stdin: data,
+            timeout_ms: 5000,
+        }),
+        Request::Exec(Exec {
+            argv: Strings::new(b"true\0").unwrap(),
+            env: Strings::EMPTY,
+            cwd: b"",
+            stdin: b"",
+            timeout_ms: 0,
+        }),
+        Request::Signal { pid: 77, signal: 9 },
+        Request::WriteFile {
+            path: b"/tmp/a",
+            offset: 1 << 33,
+            truncate: true,
+            mode: 0o644,
+            data,
+        },
+        Request::ReadFile {
+            path: b"/tmp/a",
+            offset: 3,
+            len: MAX_FILE_CHUNK as u32,
+        },
+        Request::Stat(b"/"),
+        Request::List {
+            path: b"/tmp",
+            start: 4,
+        },
+        Request::Remove {
+            path: b"/tmp/a",
+            recursive: false,
+        },
+        Request::Mkdir {
+            path: b"/tmp/d/e",
+            parents: true,
+            mode: 0o755,
+        },
+        Request::Ports,
+        Request::WaitPort {
+            port: 3000,
+            timeout_ms: 10,
+        },
+        Request::Bridge { port: 65535 },
     ]
 }
 
@@ -78,6 +128,48 @@ fn all_responses(data: &'static [u8], sectors: &'static [u8]) -> Vec<Response<'s
         },
         Response::Error(ErrorCode::NoFrame),
         Response::Error(ErrorCode::ReadOnly),
+        Response::Error(ErrorCode::Unsupported),
+        Response::Error(ErrorCode::IoError),
+        Response::Hello {
+            version: 2,
+            guest: GuestKind::Linux,
+        },
+        Response::ExecStarted { pid: 1234 },
+        Response::ExecOutput {
+            stream: OutputStream::Stderr,
+            data,
+        },
+        Response::ExecExited {
+            status: ExitStatus::Exited(-1),
+            timed_out: false,
+        },
+        Response::ExecExited {
+            status: ExitStatus::Signaled(9),
+            timed_out: true,
+        },
+        Response::Signaled,
+        Response::Written,
+        Response::FileData(data),
+        Response::FileData(b""),
+        Response::Stat(FileStat {
+            kind: FileKind::Symlink,
+            mode: 0o777,
+            size: 5,
+            mtime: -1,
+        }),
+        Response::Entries {
+            next: 0,
+            entries: Entries::new(b"").unwrap(),
+        },
+        Response::Entries {
+            next: 9,
+            entries: Entries::new(b"\x01\x05\0\0\0\0\0\0\0\x01\0a").unwrap(),
+        },
+        Response::Removed,
+        Response::MadeDir,
+        Response::Ports(PortList::new(&[0xb8, 0x0b, 0x50, 0]).unwrap()),
+        Response::PortOpen,
+        Response::Bridged,
     ]
 }
 
@@ -248,4 +340,94 @@ fn pseudo_random_bytes_never_panic() {
         let _ = Request::decode(&buf[..len.max(4)]);
         let _ = Response::decode(&buf[..len.max(4)]);
     }
+}
+
+#[test]
+fn version_1_opcodes_keep_their_wire_values() {
+    // Zygote's own guest and older hosts depend on these bytes.
+    assert_eq!(Opcode::Exit as u8, 16);
+    assert_eq!(ErrorCode::ReadOnly as u8, 11);
+    let mut buf = [0u8; 16];
+    let n = Request::Ping.encode(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &[1, 0, 0, 0, 1]);
+    let n = Request::Hello { version: 2 }.encode(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &[5, 0, 0, 0, 17, 2, 0, 0, 0]);
+}
+
+#[test]
+fn packed_strings_split_at_each_nul() {
+    let strings = Strings::new(b"/bin/sh\0\0-c\0").unwrap();
+    let items: Vec<&[u8]> = strings.iter().collect();
+    assert_eq!(items, vec![&b"/bin/sh"[..], b"", b"-c"]);
+    assert_eq!(Strings::EMPTY.iter().count(), 0);
+    assert_eq!(Strings::new(b"no-terminator"), None);
+}
+
+#[test]
+fn directory_entries_parse_to_the_last_byte_or_not_at_all() {
+    let mut buf = [0u8; 64];
+    let entry = DirEntry {
+        kind: FileKind::Dir,
+        size: 4096,
+        name: b"etc",
+    };
+    let n = entry.write_to(&mut buf).unwrap();
+    let n2 = DirEntry {
+        kind: FileKind::File,
+        size: 1,
+        name: b"x",
+    }
+    .write_to(&mut buf[n..])
+    .unwrap();
+    let entries = Entries::new(&buf[..n + n2]).unwrap();
+    let names: Vec<&[u8]> = entries.iter().map(|e| e.name).collect();
+    assert_eq!(names, vec![&b"etc"[..], b"x"]);
+    assert_eq!(entries.iter().next(), Some(entry));
+    assert_eq!(Entries::new(&buf[..n + n2 - 1]), None);
+    assert_eq!(entry.write_to(&mut buf[..n - 1]), None);
+    assert_eq!(PortList::new(&[1, 2, 3]), None);
+}
+
+#[test]
+fn bad_paths_argv_and_flags_are_invalid() {
+    let mut buf = vec![0u8; 8192];
+    let long = vec![b'a'; MAX_PATH + 1];
+    for path in [&b""[..], b"a\0b", &long] {
+        assert_eq!(
+            Request::Stat(path).encode(&mut buf),
+            Err(EncodeError::Invalid)
+        );
+        // The same body built by hand does not decode either.
+        let mut frame = ((1 + path.len()) as u32).to_le_bytes().to_vec();
+        frame.push(Opcode::Stat as u8);
+        frame.extend_from_slice(path);
+        assert_eq!(Request::decode(&frame), Err(DecodeError::Invalid));
+    }
+    let no_argv = Request::Exec(Exec {
+        argv: Strings::EMPTY,
+        env: Strings::EMPTY,
+        cwd: b"",
+        stdin: b"",
+        timeout_ms: 0,
+    });
+    assert_eq!(no_argv.encode(&mut buf), Err(EncodeError::Invalid));
+    // A flag byte other than 0 or 1.
+    assert_eq!(
+        Request::decode(&[3, 0, 0, 0, Opcode::Remove as u8, 2, b'a']),
+        Err(DecodeError::Invalid)
+    );
+    // An exec event the protocol does not define.
+    assert_eq!(
+        Response::decode(&[3, 0, 0, 0, 0, Opcode::Exec as u8, 9]),
+        Err(DecodeError::Invalid)
+    );
+    // Output events carry at least one byte.
+    assert_eq!(
+        Response::ExecOutput {
+            stream: OutputStream::Stdout,
+            data: b""
+        }
+        .encode(&mut buf),
+        Err(EncodeError::Invalid)
+    );
 }
