@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Linux test guest (vmlinux and bzImage) from Debian's linux-source-6.12 with
-# tinyconfig + kernel/emulated-guest.config + kernel/zygote-emulated-guest.patch, into a cache
-# outside the work tree keyed by a hash of every input:
+# tinyconfig + kernel/emulated-guest.config + kernel/bzimage-lz4.config (an LZ4 bzImage: XZ
+# takes too long to decompress under CPL0 emulation) + kernel/zygote-emulated-guest.patch,
+# into a cache outside the work tree keyed by a hash of every input:
 #
 #   ${ZYGOTE_CACHE:-/var/cache/zygote}/linux-6.12-<key>/{vmlinux,bzImage,config,inputs}
 #
@@ -20,6 +21,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 fragment="$here/kernel/emulated-guest.config"
+compression="$here/kernel/bzimage-lz4.config"
 patch_file="$here/kernel/zygote-emulated-guest.patch"
 source_pkg=linux-source-6.12
 tarball=/usr/src/linux-source-6.12.tar.xz
@@ -34,7 +36,7 @@ version="$(dpkg-query -W -f='${Version}' "$source_pkg" 2>/dev/null)" ||
     die "$source_pkg is not fully installed ($tarball missing): reinstall it"
 key="$({
     printf '%s %s\n' "$source_pkg" "$version"
-    cat "$fragment" "$patch_file" "$0"
+    cat "$fragment" "$compression" "$patch_file" "$0"
 } | sha256sum | cut -c1-16)"
 out="$cache/linux-6.12-$key"
 
@@ -47,13 +49,13 @@ configure() {
     cd "$1/linux-source-6.12"
     patch -p1 --quiet <"$patch_file"
     make -s tinyconfig
-    ./scripts/kconfig/merge_config.sh -m .config "$fragment" >/dev/null
+    ./scripts/kconfig/merge_config.sh -m .config "$fragment" "$compression" >/dev/null
     make -s olddefconfig
     # merge_config only warns when an option does not survive; a missing one is a broken guest.
     local option
     while read -r option; do
         grep -qx -- "$option" .config || die "config option lost in olddefconfig: $option"
-    done < <(grep -E '^CONFIG_|^# CONFIG_.* is not set$' "$fragment")
+    done < <(grep -hE '^CONFIG_|^# CONFIG_.* is not set$' "$fragment" "$compression")
 }
 
 # Moves the finished "$1" into place as "$out", unless another run got there first.

@@ -34,12 +34,12 @@ pub enum GuestFault {
         /// KVM's sub-error code (`KVM_INTERNAL_ERROR_EMULATION` = 1, `_SIMUL_EX` = 2,
         /// `_DELIVERY_EV` = 3, `_UNEXPECTED_EXIT_REASON` = 4).
         suberror: u32,
-        /// How many of `data`'s words KVM filled in (at most 4 are kept: an emulation failure needs 3).
+        /// How many of `data`'s words KVM filled in (at most 8 are kept: an emulation failure needs 3, this host adds a few).
         ndata: u32,
         /// KVM's extra data. For an emulation failure (KVM API doc, `emulation_failure`):
         /// `data[0]` = flags (bit 0: instruction bytes valid), the low byte of `data[1]` = the
         /// instruction's length, then up to 15 instruction bytes.
-        data: [u64; 4],
+        data: [u64; 8],
     },
 }
 
@@ -51,9 +51,10 @@ const EMULATION_FLAG_INSTRUCTION_BYTES: u64 = 1;
 const MAX_INSTRUCTION_LEN: usize = 15;
 
 impl GuestFault {
-    /// The bytes of the instruction KVM failed to emulate (1-15 bytes), when this is an
-    /// emulation failure and KVM says its instruction bytes are valid (flags bit 0 and
-    /// `ndata >= 3`, as the KVM API documents `emulation_failure`); `None` otherwise.
+    /// The instruction bytes KVM reports for an emulation failure: 1-15 bytes fetched at the
+    /// failing instruction, which starts at the first byte (KVM may report the whole 15-byte
+    /// window, as this project's hosts do). `Some` only when KVM says they are valid (flags bit
+    /// 0 and `ndata >= 3`, as the KVM API documents `emulation_failure`).
     pub fn instruction_bytes(&self) -> Option<Vec<u8>> {
         let Self::InternalError {
             suberror: KVM_INTERNAL_ERROR_EMULATION,
@@ -99,13 +100,18 @@ impl std::fmt::Display for GuestFault {
                 data,
             } => {
                 write!(f, "KVM internal error, suberror {suberror}")?;
-                if let Some(bytes) = self.instruction_bytes() {
-                    write!(f, " (emulation failure), instruction")?;
-                    return bytes.iter().try_for_each(|b| write!(f, " {b:02x}"));
-                }
                 let kept = data.len().min(*ndata as usize);
+                let mut words = &data[..kept];
+                if let Some(bytes) = self.instruction_bytes() {
+                    write!(f, " (emulation failure), instruction bytes")?;
+                    bytes.iter().try_for_each(|b| write!(f, " {b:02x}"))?;
+                    words = &words[3..];
+                    if words.is_empty() {
+                        return Ok(());
+                    }
+                }
                 write!(f, ", data [")?;
-                for (i, word) in data[..kept].iter().enumerate() {
+                for (i, word) in words.iter().enumerate() {
                     let sep = if i == 0 { "" } else { " " };
                     write!(f, "{sep}{word:#x}")?;
                 }
@@ -152,7 +158,7 @@ mod tests {
         let mut bytes = [0u8; 16];
         bytes[0] = insn.len() as u8;
         bytes[1..=insn.len()].copy_from_slice(insn);
-        let mut data = [0u64; 4];
+        let mut data = [0u64; 8];
         data[0] = flags;
         data[1] = u64::from_le_bytes(bytes[..8].try_into().unwrap());
         data[2] = u64::from_le_bytes(bytes[8..].try_into().unwrap());
@@ -173,7 +179,28 @@ mod tests {
         );
         assert_eq!(
             fault.to_string(),
-            "KVM internal error, suberror 1 (emulation failure), instruction 48 0f ae 2f"
+            "KVM internal error, suberror 1 (emulation failure), instruction bytes 48 0f ae 2f"
+        );
+    }
+
+    #[test]
+    fn emulation_failure_as_this_host_reports_it_shows_bytes_and_extra_data() {
+        // What kvm_pvm here reported for Linux's xrstor64 without `noxsave`: the 15-byte fetch
+        // window, then extra words.
+        let mut data = [0u64; 8];
+        data[..4].copy_from_slice(&[1, 0x48c0_312f_ae0f_480f, 0x48ff_d940_d905_ae0f, 0x1000]);
+        let fault = GuestFault::InternalError {
+            suberror: 1,
+            ndata: 8,
+            data,
+        };
+        let bytes = fault.instruction_bytes().unwrap();
+        assert_eq!(bytes.len(), 15);
+        assert_eq!(bytes[..4], [0x48, 0x0f, 0xae, 0x2f]);
+        assert_eq!(
+            fault.to_string(),
+            "KVM internal error, suberror 1 (emulation failure), instruction bytes \
+             48 0f ae 2f 31 c0 48 0f ae 05 d9 40 d9 ff 48, data [0x1000 0x0 0x0 0x0 0x0]"
         );
     }
 
@@ -204,7 +231,7 @@ mod tests {
 
     #[test]
     fn other_internal_errors_show_their_data_words() {
-        let mut data = [0u64; 4];
+        let mut data = [0u64; 8];
         data[..3].copy_from_slice(&[0x80, 0x1234, 7]);
         let fault = GuestFault::InternalError {
             suberror: 3,
@@ -223,8 +250,8 @@ mod tests {
         let fault = GuestFault::InternalError {
             suberror: 4,
             ndata: 1000,
-            data: [1; 4],
+            data: [1; 8],
         };
-        assert_eq!(fault.to_string().matches("0x1").count(), 4);
+        assert_eq!(fault.to_string().matches("0x1").count(), 8);
     }
 }

@@ -224,7 +224,7 @@ fn internal_error(vcpu: &mut Vcpu) -> ExitReason {
     ExitReason::GuestFault(GuestFault::InternalError {
         suberror: internal.suberror,
         ndata: internal.ndata,
-        data: [internal.data[0], internal.data[1], internal.data[2], internal.data[3]],
+        data: std::array::from_fn(|i| internal.data[i]),
     })
 }
 
