@@ -37,9 +37,10 @@ pub struct ForkConfig {
     /// One backend per parent NIC, in order. `mac: None` derives a locally administered MAC
     /// from the child's identity, so no two clones share one.
     pub nets: Vec<NetConfig>,
-    /// The child's vsock CID and Unix socket. `None` derives them: the parent's CID plus the
-    /// parent's fork count, and `<parent uds_path>.fork<N>`. Connections never carry over:
-    /// the child's guest sees a transport reset.
+    /// The child's vsock CID and Unix socket. `None` derives them: a CID no VM of the
+    /// parent's family (ancestors and descendants at any depth) got derived before, and
+    /// `<uds_path of the family's first VM to fork>.fork<CID>`. Connections never carry
+    /// over: the child's guest sees a transport reset.
     pub vsock: Option<VsockConfig>,
     /// A warm pool to take the child's KVM VM from; without one (or when it is empty) the
     /// child's VM is created on the fork path.
@@ -218,8 +219,9 @@ impl RunningVm {
             forked_blocks: disks,
             ..Default::default()
         };
-        let vm = Vm::restore_into(state, ram, restore, extras).map_err(child_error)?;
+        let mut vm = Vm::restore_into(state, ram, restore, extras).map_err(child_error)?;
         vm.core.forks.store(0, std::sync::atomic::Ordering::Relaxed);
+        vm.core.family = self.core.family.clone();
         vm.start().map_err(child_error)
     }
 
@@ -249,15 +251,7 @@ impl RunningVm {
         let vsock = match (&state.devices.vsock, vsock) {
             (None, _) => None,
             (Some(_), Some(config)) => Some(config),
-            (Some(saved), None) => {
-                let parent = &saved.device.config;
-                let mut uds = parent.uds_path.clone().into_os_string();
-                uds.push(format!(".fork{sequence}"));
-                Some(VsockConfig {
-                    guest_cid: parent.guest_cid + sequence,
-                    uds_path: uds.into(),
-                })
-            }
+            (Some(saved), None) => Some(self.core.family.derive_vsock(&saved.device.config)),
         };
         Ok(DeviceResources {
             blocks: Vec::new(),

@@ -105,6 +105,7 @@ impl Machine {
                 lifecycle: Mutex::new(()),
                 dirty: Mutex::new(None),
                 forks: std::sync::atomic::AtomicU64::new(0),
+                family: Arc::default(),
                 context: self.context,
                 kvm: self.kvm,
             },

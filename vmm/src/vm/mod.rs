@@ -1,6 +1,7 @@
 //! A microVM: created from a validated configuration or from saved state, then started,
 //! paused, resumed and stopped.
 
+mod family;
 mod fork;
 mod machine;
 mod pool;
@@ -66,8 +67,10 @@ struct VmCore {
     lifecycle: Mutex<()>,
     /// Tracks the pages written since the last snapshot, for diff snapshots.
     dirty: Mutex<Option<(zygote_cow::WriteTracker, zygote_snapshot::SnapshotId)>>,
-    /// How many children this VM has forked (names and CIDs derived for them).
+    /// How many children this VM has forked (MACs derived for them).
     forks: std::sync::atomic::AtomicU64,
+    /// Shared with every VM forked from it or its ancestors: CIDs and sockets derived.
+    family: Arc<family::Family>,
     context: Arc<KvmContext>,
     kvm: KvmVm,
 }
