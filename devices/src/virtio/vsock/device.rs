@@ -53,7 +53,7 @@ pub enum VsockError {
 /// A virtio-vsock device.
 pub struct Vsock {
     config: VsockConfig,
-    muxer: Muxer,
+    pub(super) muxer: Muxer,
     active: Option<Active>,
     scratch: Vec<u8>,
     /// The last pass over the tx or rx queue stopped at its bound with chains waiting.

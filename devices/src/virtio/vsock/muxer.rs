@@ -130,6 +130,11 @@ impl Muxer {
         self.epoll.as_raw_fd()
     }
 
+    /// Host ports for new host connections start at `seed` folded into the host port range.
+    pub fn start_ports_at(&mut self, seed: u32) {
+        self.next_local_port = FIRST_LOCAL_PORT | (seed & (FIRST_LOCAL_PORT - 1));
+    }
+
     /// Drops every connection (the device was reset); host programs see their sockets close.
     pub fn reset_all(&mut self) {
         let keys: Vec<Key> = self.conns.keys().copied().collect();
