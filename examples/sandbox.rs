@@ -2,10 +2,15 @@
 //! `index.html`, start `busybox httpd -p 3000`, wait for port 3000, and fetch the page from the
 //! host through a forwarded port. Prints the time of each step and ends with one line:
 //!
-//! `boot_to_agent_ms=<n> exec_ms=<n> preview=<host>:<port> page_ok=<0|1>`
+//! `boot_to_agent_ms=<n> exec_ms=<n> preview=<host>:<port> page_ok=<0|1> fork_ms=<n> child_page_ok=<0|1>`
 //!
 //! - `boot_to_agent_ms`: from `Vm::start` until the agent answered `Hello`;
-//! - `exec_ms`: a round trip of `exec("true")` (spawn, wait, exit status back).
+//! - `exec_ms`: a round trip of `exec("true")` (spawn, wait, exit status back);
+//! - then the sandbox is forked with its server running (`fork_ms`: the `fork()` call), the
+//!   child is reached through its own forwarded port, each writes its own page and serves only
+//!   its own (`child_page_ok`); then both are hibernated and the child resumed from its
+//!   snapshot through the mmap engine and asked for its page again (`resumed_child_page_ok`,
+//!   printed on its own line before the last).
 //!
 //! Needs the Linux test guest's kernel (`./dev test` builds it once per machine).
 //! Run: `cargo run --release --example sandbox`
@@ -72,16 +77,108 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
 
     let result = run(&sandbox);
-    vm.shutdown()?;
+    drop(sandbox);
+    let (exec, preview, page_ok) = match result {
+        Ok(result) => result,
+        Err(e) => {
+            vm.shutdown()?;
+            return Err(e);
+        }
+    };
+    let (fork, child_page_ok) = fork_and_hibernate(vm, &dir)?;
     let _ = std::fs::remove_dir_all(&dir);
-    let (exec, preview, page_ok) = result?;
     println!(
-        "boot_to_agent_ms={} exec_ms={} preview={preview} page_ok={}",
+        "boot_to_agent_ms={} exec_ms={} preview={preview} page_ok={} fork_ms={} child_page_ok={}",
         boot_to_agent.as_millis(),
         exec.as_millis(),
-        u8::from(page_ok)
+        u8::from(page_ok),
+        fork.as_millis(),
+        u8::from(child_page_ok)
     );
     Ok(())
+}
+
+/// Forks the sandbox with its server running, gives each its own page, checks each serves its
+/// own, then hibernates both and resumes the child: (fork time, whether it all held).
+fn fork_and_hibernate(
+    mut parent: zygote::RunningVm,
+    dir: &std::path::Path,
+) -> Result<(Duration, bool), Box<dyn Error>> {
+    let (fork, fork_time) = step("fork the sandbox (server running)", || {
+        parent.fork(zygote::ForkConfig::default())
+    });
+    let child = fork?.child;
+    let timeout = Duration::from_secs(120);
+    let (parent_box, child_box) = (parent.sandbox(timeout)?, child.sandbox(timeout)?);
+    let parent_page = "<h1>parent</h1>\n";
+    let child_page = "<h1>child</h1>\n";
+    step("write a page in each", || -> Result<(), Box<dyn Error>> {
+        parent_box.write_file("/srv/www/index.html", parent_page.as_bytes())?;
+        child_box.write_file("/srv/www/index.html", child_page.as_bytes())?;
+        Ok(())
+    })
+    .0?;
+    let parent_fwd = parent_box.forward_port(PORT, "127.0.0.1:0")?;
+    let child_fwd = child_box.forward_port(PORT, "127.0.0.1:0")?;
+    println!(
+        "child preview at http://{}/index.html",
+        child_fwd.local_addr()
+    );
+    let served = |addr, page: &str| get(addr).is_ok_and(|r| r.ends_with(page));
+    let (each_own, _) = step("GET each one's page", || {
+        served(child_fwd.local_addr(), child_page) && served(parent_fwd.local_addr(), parent_page)
+    });
+    drop((parent_fwd, child_fwd, parent_box, child_box));
+    let snapshots = [dir.join("parent.snap"), dir.join("child.snap")];
+    step("hibernate both", || -> Result<(), Box<dyn Error>> {
+        parent.pause()?;
+        parent.hibernate(&snapshots[0], zygote::MemoryFormat::Raw)?;
+        child.pause()?;
+        child.hibernate(&snapshots[1], zygote::MemoryFormat::Raw)?;
+        Ok(())
+    })
+    .0?;
+    let resumed = step("resume the child (mmap engine)", || {
+        resume(&snapshots[1], dir)
+    })
+    .0?;
+    let again = step(
+        "GET the resumed child's page",
+        || -> Result<bool, Box<dyn Error>> {
+            let resumed_box = resumed.sandbox(Duration::from_secs(60))?;
+            let fwd = resumed_box.forward_port(PORT, "127.0.0.1:0")?;
+            Ok(served(fwd.local_addr(), child_page))
+        },
+    )
+    .0;
+    println!(
+        "resumed_child_page_ok={}",
+        u8::from(matches!(again, Ok(true)))
+    );
+    if let Err(e) = again {
+        println!("the resumed child did not answer: {e}");
+    }
+    Ok((fork_time, each_own))
+}
+
+/// Restores the hibernated sandbox in `snapshot` lazily, with a vsock socket of its own.
+fn resume(
+    snapshot: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<zygote::RunningVm, Box<dyn Error>> {
+    let snapshot = zygote::Snapshot::load(snapshot)?;
+    let config = zygote::RestoreConfig {
+        devices: zygote::state::DeviceResources {
+            vsock: Some(VsockConfig {
+                guest_cid: 3,
+                uds_path: dir.join("resumed.vsock"),
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut engine = zygote::snapshot_format::MmapEngine::new();
+    Ok(zygote::Vm::restore_snapshot(&snapshot, &mut engine, config)?.start()?)
 }
 
 /// The sandbox script: (exec round trip, preview address, whether the page came back).
