@@ -237,6 +237,32 @@ fn snapshots(c: &mut Criterion, g: &Guest) {
             })
         });
     }
+    // A diff after 1 % of memory was dirtied: resume, have the guest write 1 % (untimed),
+    // pause, time the diff snapshot (its parent is the previous snapshot of this loop).
+    let dirty_mib = (g.mib / 100).max(1) as u32;
+    let diff_dir = g.dir.join("bench-diff");
+    group.bench_function("diff_1pct", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|i| {
+                    g.vm.resume().expect("resume");
+                    let mut agent = g.vm.agent().expect("agent");
+                    agent.touch(dirty_mib, 0x1000 + i).expect("touch");
+                    drop(agent);
+                    g.vm.pause().expect("pause");
+                    let _ = std::fs::remove_dir_all(&diff_dir);
+                    let started = Instant::now();
+                    let info = g.vm.snapshot(&diff_dir, MemoryFormat::Diff).expect("diff");
+                    let took = started.elapsed();
+                    assert!(
+                        info.data_pages < g.mib * 256 / 10,
+                        "a diff holds what changed"
+                    );
+                    took
+                })
+                .sum()
+        })
+    });
     let floor = g.dir.join("floor.bin");
     let chunk: Vec<u8> = (0..2 << 20)
         .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -248,6 +274,19 @@ fn snapshots(c: &mut Criterion, g: &Guest) {
                     let _ = std::fs::remove_file(&floor);
                     let started = Instant::now();
                     write_file(&floor, g.image_bytes, &chunk);
+                    started.elapsed()
+                })
+                .sum()
+        })
+    });
+    let diff_floor = g.dir.join("floor-diff.bin");
+    group.bench_function("floor_write_fsync_1pct", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    let _ = std::fs::remove_file(&diff_floor);
+                    let started = Instant::now();
+                    write_file(&diff_floor, u64::from(dirty_mib) << 20, &chunk);
                     started.elapsed()
                 })
                 .sum()
