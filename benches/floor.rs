@@ -125,22 +125,7 @@ pub fn create_vm(mem_size: usize) -> Result<FloorVm, FloorError> {
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-    vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-    let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-    sregs.cr0 |= 0x8000_0031;
-    sregs.cr3 = 0x9000;
-    sregs.cr4 |= 0x20;
-    sregs.efer |= 0x500;
-    sregs.cs.l = 1;
-    vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
-    let regs = kvm_regs {
-        rip: 0x10_0000,
-        rsp: 0x8ff0,
-        rsi: 0x7000,
-        rflags: 2,
-        ..Default::default()
-    };
-    vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    set_vcpu_state(&vcpu, &cpuid)?;
     Ok(FloorVm {
         _vcpu: vcpu,
         _vm: vm,
@@ -166,6 +151,17 @@ pub fn create_vm_with_irqchip(
     vm.create_pit2(kvm_bindings::kvm_pit_config::default())
         .map_err(kvm_err("KVM_CREATE_PIT2"))?;
     let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+    set_vcpu_state(&vcpu, cpuid)?;
+    Ok(FloorVm {
+        _vcpu: vcpu,
+        _vm: vm,
+        _memory: memory,
+    })
+}
+
+/// The vCPU state every floor VM sets, as Zygote does for its boot vCPU: CPUID, long-mode
+/// special registers, the entry registers.
+fn set_vcpu_state(vcpu: &VcpuFd, cpuid: &kvm_bindings::CpuId) -> Result<(), FloorError> {
     vcpu.set_cpuid2(cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
     let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
     sregs.cr0 |= 0x8000_0031;
@@ -177,13 +173,9 @@ pub fn create_vm_with_irqchip(
     let regs = kvm_regs {
         rip: 0x10_0000,
         rsp: 0x8ff0,
+        rsi: 0x7000,
         rflags: 2,
         ..Default::default()
     };
-    vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
-    Ok(FloorVm {
-        _vcpu: vcpu,
-        _vm: vm,
-        _memory: memory,
-    })
+    vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))
 }
