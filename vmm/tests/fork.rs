@@ -4,37 +4,13 @@
 
 mod common;
 
-use common::{agent_vm, AgentOpts, GUEST_TIMEOUT};
-use zygote::agent::{AgentClient, AGENT_PORT};
+use common::{agent_of, agent_vm, fork_with_nic, mac_of, AgentOpts};
 use zygote::{ForkConfig, NetConfig, RunningVm};
 
 const MIB: u64 = 1 << 20;
 
-fn agent_of(vm: &RunningVm) -> AgentClient {
-    let uds = &vm
-        .devices()
-        .vsock_config()
-        .expect("a vsock device")
-        .uds_path;
-    AgentClient::connect(uds, AGENT_PORT, GUEST_TIMEOUT).expect("connect to the agent")
-}
-
 fn fork(parent: &mut RunningVm) -> RunningVm {
-    let (net, _endpoint) = NetConfig::packet().unwrap();
-    parent
-        .fork(ForkConfig {
-            nets: vec![net],
-            ..Default::default()
-        })
-        .expect("fork")
-        .child
-}
-
-fn mac_of(vm: &RunningVm) -> [u8; 6] {
-    vm.pause().unwrap();
-    let mac = vm.capture().unwrap().devices.nets[0].device.mac;
-    vm.resume().unwrap();
-    mac
+    fork_with_nic(parent).0
 }
 
 #[test]

@@ -7,40 +7,14 @@ mod common;
 use std::collections::HashSet;
 use std::time::Instant;
 
-use common::{agent_vm, AgentOpts, GUEST_TIMEOUT};
-use zygote::agent::{AgentClient, AGENT_PORT};
-use zygote::{ForkConfig, NetConfig, PacketEndpoint, RunningVm};
+use common::{agent_of, agent_vm, fork_with_nic, mac_of, AgentOpts};
+use zygote::{PacketEndpoint, RunningVm};
 
 const MIB: u64 = 1 << 20;
 const CHILDREN: usize = 100;
 
-fn agent_of(vm: &RunningVm) -> AgentClient {
-    let uds = &vm
-        .devices()
-        .vsock_config()
-        .expect("a vsock device")
-        .uds_path;
-    AgentClient::connect(uds, AGENT_PORT, GUEST_TIMEOUT).expect("connect to the agent")
-}
-
-/// Forks `parent` onto a packet NIC of its own (MAC derived); the child and its NIC's host end.
 fn fork(parent: &mut RunningVm) -> (RunningVm, PacketEndpoint) {
-    let (net, endpoint) = NetConfig::packet().unwrap();
-    let child = parent
-        .fork(ForkConfig {
-            nets: vec![net],
-            ..Default::default()
-        })
-        .expect("fork")
-        .child;
-    (child, endpoint)
-}
-
-fn mac_of(vm: &RunningVm) -> [u8; 6] {
-    vm.pause().unwrap();
-    let mac = vm.capture().unwrap().devices.nets[0].device.mac;
-    vm.resume().unwrap();
-    mac
+    fork_with_nic(parent)
 }
 
 fn cid_of(vm: &RunningVm) -> u64 {

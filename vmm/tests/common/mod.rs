@@ -193,3 +193,37 @@ impl Drop for LoopDevice {
         let _ = std::fs::remove_file(&self.backing);
     }
 }
+
+/// A connection to the agent of `vm` (Zygote's guest), through the VM's vsock socket.
+pub fn agent_of(vm: &zygote::RunningVm) -> zygote::agent::AgentClient {
+    let uds = &vm
+        .devices()
+        .vsock_config()
+        .expect("a vsock device")
+        .uds_path;
+    zygote::agent::AgentClient::connect(uds, zygote::agent::AGENT_PORT, GUEST_TIMEOUT)
+        .expect("connect to the agent")
+}
+
+/// Forks `parent` onto a packet NIC of its own (MAC derived); the child and its NIC's host end.
+pub fn fork_with_nic(
+    parent: &mut zygote::RunningVm,
+) -> (zygote::RunningVm, zygote::PacketEndpoint) {
+    let (net, endpoint) = zygote::NetConfig::packet().unwrap();
+    let child = parent
+        .fork(zygote::ForkConfig {
+            nets: vec![net],
+            ..Default::default()
+        })
+        .expect("fork")
+        .child;
+    (child, endpoint)
+}
+
+/// The MAC of `vm`'s first NIC, read from its state (paused for the read).
+pub fn mac_of(vm: &zygote::RunningVm) -> [u8; 6] {
+    vm.pause().unwrap();
+    let mac = vm.capture().unwrap().devices.nets[0].device.mac;
+    vm.resume().unwrap();
+    mac
+}
