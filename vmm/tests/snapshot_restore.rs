@@ -332,13 +332,32 @@ fn diff_chains_and_their_merge_restore_exactly() {
     }
     // Each diff names the snapshot before it: full, early, step 1, step 2.
     let chain = Snapshot::load_chain(&dirs).unwrap();
-    let mut restored = check_restore(&chain, &mut UffdEngine::new(), &image, &want, "diff-chain");
-    restored.shutdown().unwrap();
+    let working_set = temp_path("snap-diff-working-set");
+    let _ = std::fs::remove_file(&working_set);
+    // Every engine that serves a chain (mmap maps a single raw image: see the merge below).
+    let chain_engines: Vec<(&str, Box<dyn MemoryEngine>)> = vec![
+        ("eager", Box::new(EagerEngine::new())),
+        ("uffd", Box::new(UffdEngine::new())),
+        ("prefetch", Box::new(PrefetchEngine::new(working_set))),
+    ];
+    for (name, mut engine) in chain_engines {
+        let tag = format!("diff-chain-{name}");
+        let mut restored = check_restore(&chain, engine.as_mut(), &image, &want, &tag);
+        restored.shutdown().unwrap();
+    }
 
     let merged_dir = snapshot_dir("snap-diff-merged");
     let merged = Snapshot::merge_chain(&dirs, &merged_dir).unwrap();
-    let mut restored = check_restore(&merged, &mut MmapEngine::new(), &image, &want, "merged");
-    restored.shutdown().unwrap();
+    let merged_engines: Vec<(&str, Box<dyn MemoryEngine>)> = vec![
+        ("eager", Box::new(EagerEngine::new())),
+        ("mmap", Box::new(MmapEngine::new())),
+        ("uffd", Box::new(UffdEngine::new())),
+    ];
+    for (name, mut engine) in merged_engines {
+        let tag = format!("merged-{name}");
+        let mut restored = check_restore(&merged, engine.as_mut(), &image, &want, &tag);
+        restored.shutdown().unwrap();
+    }
 
     // A chain with a diff missing in the middle names the wrong parent.
     let err = Snapshot::load_chain(&[&dirs[0], &dirs[3]]).err().unwrap();
