@@ -4,6 +4,11 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How often a device holding its receive queue for an unhandled `TRANSPORT_RESET` looks
+/// whether the driver has handled it, when the driver does not notify.
+const RESET_RECHECK: Duration = Duration::from_millis(2);
 
 use virtio_queue::{Queue, QueueT};
 
@@ -159,6 +164,11 @@ impl Vsock {
     /// queue's worth of buffers.
     fn fill_rx(&mut self) {
         if !self.reset_handled() {
+            // A driver that suppresses notifications (VIRTIO_RING_F_EVENT_IDX, Linux) may post
+            // the event buffer again without telling the device: look again shortly.
+            if self.muxer.has_rx() {
+                self.muxer.wake_at(Instant::now() + RESET_RECHECK);
+            }
             return;
         }
         let Some(active) = self.active.as_mut() else {

@@ -411,6 +411,45 @@ fn a_host_connection_after_a_restore_waits_until_the_driver_handled_the_reset() 
     assert_eq!(request.dst_port, 9);
 }
 
+/// The same when the driver posts its event buffer again without notifying (Linux with
+/// VIRTIO_RING_F_EVENT_IDX suppresses the kick): the device looks again on its own.
+#[test]
+fn a_held_host_connection_goes_through_when_the_driver_reposts_without_notifying() {
+    let (mut rig, path) = rig("transport-reset-silent");
+    let addr = rig.post_event_buffer(8);
+    notify(&mut rig.dev, 2);
+    let (mut rig, _line) = restore(rig, &path);
+    assert_eq!(rig.event(addr), Some((4, 0)));
+    let mut host = UnixStream::connect(&path).unwrap();
+    host.write_all(b"CONNECT 11\n").unwrap();
+    let buf = rig.arena.alloc(4096);
+    rig.rx.add_chain(&rig.mem, &[Desc::writable(buf, 4096)]);
+    notify(&mut rig.dev, 0);
+    for _ in 0..5 {
+        rig.dev.device_mut().process_backend();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        rig.rx.next_used(&rig.mem).is_none(),
+        "held until the reset is handled"
+    );
+    // Re-posted, no notification: the device's own timer wakes its event loop (its backend
+    // fd becomes readable) and the re-check delivers the REQUEST.
+    rig.post_event_buffer(8);
+    let fd = rig.dev.device().backend_fd().unwrap();
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, 100) };
+    assert_eq!(ready, 1, "the device never woke itself to look again");
+    let (request, _) = rig.recv(buf);
+    assert_eq!(request.op(), Some(Op::Request));
+    assert_eq!(request.dst_port, 11);
+}
+
 #[test]
 fn a_restored_device_without_event_buffers_sends_the_reset_when_one_is_posted() {
     let (rig, path) = rig("transport-reset-late");

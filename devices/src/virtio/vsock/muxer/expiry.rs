@@ -41,6 +41,12 @@ impl Muxer {
         }
     }
 
+    /// Makes the muxer's epoll fd readable again no later than `deadline`, so the device is
+    /// served again then (it re-checks work it had to hold back).
+    pub fn wake_at(&mut self, deadline: Instant) {
+        self.schedule(deadline);
+    }
+
     pub(super) fn timer_fired(&mut self) {
         // Only clears the readiness; how often it expired does not matter.
         let _ = self.timer.wait();
