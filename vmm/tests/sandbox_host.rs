@@ -197,7 +197,10 @@ fn a_forwarded_port_carries_http_both_ways_and_stops_on_drop() {
         let _ = client.shutdown(Shutdown::Write);
         let mut reply = String::new();
         let _ = client.read_to_string(&mut reply);
-        assert!(!reply.contains("you asked"), "still forwarding after drop: {reply}");
+        assert!(
+            !reply.contains("you asked"),
+            "still forwarding after drop: {reply}"
+        );
     }
 }
 
