@@ -221,21 +221,9 @@ impl Vm {
             .vm
             .restore(machine.kvm.vm_fd())
             .map_err(RestoreError::from)?;
-        let memory = machine.kvm.ram().memory().clone();
-        let mut created = CreatedFiles::default();
-        let disks = state::Disks {
-            created: &mut created,
-            forked: forked_blocks,
-            overlays: &overlays,
-        };
-        let mut place = state::Placement {
-            vm: machine.kvm.vm_fd(),
-            mmio: &mut machine.mmio,
-            memory: &memory,
-            virtio: &mut machine.virtio,
-        };
-        let handles = state::restore_virtio(&state.devices, config.devices, disks, &mut place)
-            .map_err(RestoreError::from)?;
+        // vCPUs (and their LAPICs) before the devices: a device that reactivates raises its
+        // interrupt (a vsock TRANSPORT_RESET, chains it finishes), and that interrupt must
+        // reach a LAPIC whose state is already restored, not one KVM_SET_LAPIC overwrites.
         let mut vcpus = Vec::with_capacity(state.vcpus.len());
         for (index, saved) in state.vcpus.iter().enumerate() {
             if usize::from(saved.index) != index {
@@ -252,6 +240,21 @@ impl Vm {
             saved.restore(&vcpu.fd).map_err(RestoreError::from)?;
             vcpus.push(vcpu);
         }
+        let memory = machine.kvm.ram().memory().clone();
+        let mut created = CreatedFiles::default();
+        let disks = state::Disks {
+            created: &mut created,
+            forked: forked_blocks,
+            overlays: &overlays,
+        };
+        let mut place = state::Placement {
+            vm: machine.kvm.vm_fd(),
+            mmio: &mut machine.mmio,
+            memory: &memory,
+            virtio: &mut machine.virtio,
+        };
+        let handles = state::restore_virtio(&state.devices, config.devices, disks, &mut place)
+            .map_err(RestoreError::from)?;
         let vm = machine.finish(vcpus, handles, config.serial_input)?;
         created.keep();
         Ok(vm)
