@@ -3,6 +3,8 @@
 
 #![deny(missing_docs)]
 
+pub mod measure;
+
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 

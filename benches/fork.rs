@@ -35,6 +35,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Samplin
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use zygote::agent::AgentClient;
 use zygote::{ForkConfig, KvmContext, RunningVm, VmPool, VsockConfig};
+use zygote_benches::measure::{percentile, private_dirty_kib, raise_fd_limit};
 use zygote_guest::{Workload, READY_LINE};
 
 const SIZES_MIB: [u64; 3] = [64, 1024, 4096];
@@ -141,16 +142,6 @@ fn background_teardowns() -> usize {
 fn retire(vms: Vec<RunningVm>) {
     drop(vms);
     settle();
-}
-
-/// p-th percentile (nearest rank) of `values`.
-fn percentile(values: &mut [u64], p: usize) -> u64 {
-    if values.is_empty() {
-        return 0;
-    }
-    values.sort_unstable();
-    let rank = (p * values.len()).div_ceil(100).max(1);
-    values[rank.min(values.len()) - 1]
 }
 
 /// One timed fork per iteration, each child retired before the next fork.
@@ -280,7 +271,7 @@ fn fanout_ping(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let before = private_dirty_kib();
+                let before = private_dirty_kib().expect("Private_Dirty in smaps_rollup");
                 let started = Instant::now();
                 let children: Vec<RunningVm> = (0..FANOUT_CHILDREN)
                     .map(|_| timed_fork(&mut parent, None).2)
@@ -289,7 +280,9 @@ fn fanout_ping(c: &mut Criterion) {
                     agent_of(child).ping().expect("ping");
                 }
                 total += started.elapsed();
-                let grown = private_dirty_kib().saturating_sub(before);
+                let grown = private_dirty_kib()
+                    .expect("Private_Dirty in smaps_rollup")
+                    .saturating_sub(before);
                 per_child_kib.push(grown / FANOUT_CHILDREN as u64);
                 own_kib.extend(
                     children.iter().map(|child| {
@@ -310,31 +303,6 @@ fn fanout_ping(c: &mut Criterion) {
         percentile(&mut own_kib, 99),
     );
     retire(vec![parent]);
-}
-
-/// `Private_Dirty` of the whole process, in KiB.
-fn private_dirty_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/smaps_rollup")
-        .expect("smaps_rollup")
-        .lines()
-        .find_map(|line| line.strip_prefix("Private_Dirty:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("Private_Dirty in smaps_rollup")
-}
-
-/// Each VM holds a few dozen fds; 100 children need more than the default soft limit.
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }
 
 fn all(c: &mut Criterion) {

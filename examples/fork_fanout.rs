@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use zygote::{ForkConfig, KvmContext, RunningVm, VsockConfig};
+use zygote_benches::measure::{percentile, private_dirty_kib, raise_fd_limit};
 use zygote_guest::{Workload, READY_LINE};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -115,16 +116,6 @@ fn args() -> Result<(usize, u64, usize), String> {
     Ok((children, memory_mib, pool))
 }
 
-/// p-th percentile (nearest rank) of `values`.
-fn percentile(values: &mut [u64], p: usize) -> u64 {
-    if values.is_empty() {
-        return 0;
-    }
-    values.sort_unstable();
-    let rank = (p * values.len()).div_ceil(100).max(1);
-    values[rank.min(values.len()) - 1]
-}
-
 /// The floor's p50 over 21 VMs, each dropped off the timed path.
 fn floor_p50_us(memory_mib: u64) -> Result<u64, Box<dyn std::error::Error>> {
     let kvm = kvm_ioctls::Kvm::new()?;
@@ -140,29 +131,4 @@ fn floor_p50_us(memory_mib: u64) -> Result<u64, Box<dyn std::error::Error>> {
     // Closing a VM with an irqchip takes 15-25 ms: off the timed path, after it.
     std::thread::spawn(move || drop(vms));
     Ok(percentile(&mut times, 50))
-}
-
-/// `Private_Dirty` of the whole process, in KiB.
-fn private_dirty_kib() -> Result<u64, Box<dyn std::error::Error>> {
-    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup")?;
-    rollup
-        .lines()
-        .find_map(|line| line.strip_prefix("Private_Dirty:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| "no Private_Dirty in smaps_rollup".into())
-}
-
-/// Each VM holds a few dozen fds; many children need more than the default soft limit.
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }
