@@ -260,8 +260,9 @@ fn handshake(
     }
 }
 
-/// The handshake's request and reply on a connected socket.
-fn exchange(conn: &mut Conn, port: u32) -> io::Result<()> {
+/// The handshake's request and reply on a connected socket (Firecracker's host-initiated vsock
+/// handshake: `CONNECT <port>\n`, then `OK <host port>\n`). Shared with the sandbox client.
+pub(crate) fn exchange<S: Read + Write>(conn: &mut S, port: u32) -> io::Result<()> {
     conn.write_all(format!("CONNECT {port}\n").as_bytes())?;
     let mut line = String::new();
     // Byte by byte, so nothing past the reply line is consumed.

@@ -112,30 +112,6 @@ pub(super) fn handshake(uds_path: &Path, wait: Duration) -> io::Result<UnixStrea
     let mut stream = UnixStream::connect(uds_path)?;
     stream.set_read_timeout(Some(wait.min(IO_TIMEOUT)))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    stream.write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())?;
-    let mut line = Vec::with_capacity(16);
-    // Byte by byte, so nothing after the reply line is consumed.
-    let mut byte = [0u8];
-    while line.last() != Some(&b'\n') {
-        if stream.read(&mut byte)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                "guest refused",
-            ));
-        }
-        line.push(byte[0]);
-        if line.len() > 32 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "bad handshake reply",
-            ));
-        }
-    }
-    if !line.starts_with(b"OK ") {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            String::from_utf8_lossy(&line).trim().to_owned(),
-        ));
-    }
+    crate::agent::exchange(&mut stream, AGENT_PORT)?;
     Ok(stream)
 }

@@ -10,6 +10,7 @@ mod state;
 
 pub use connection::CONN_BUF_ALLOC;
 pub use device::{Vsock, VsockConfig, VsockError};
+pub use muxer::guest::connect_nonblocking;
 pub use muxer::{
     CLOSE_TIMEOUT, CONTROL_QUEUE_LEN, HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_HANDSHAKES,
     RESPONSE_TIMEOUT,

@@ -359,7 +359,7 @@ impl Muxer {
 }
 
 mod expiry;
-mod guest;
+pub(super) mod guest;
 mod handshake;
 mod rx;
 

@@ -154,9 +154,10 @@ impl Muxer {
 }
 
 /// Connects to the Unix socket at `path` without ever blocking: a listener whose backlog is
-/// full (a guest opening connections nobody accepts) refuses at once with `EAGAIN` instead of
-/// stalling the device's event loop.
-fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+/// full (a guest opening connections nobody accepts, a muxer at its connection limit) refuses
+/// at once with `EAGAIN` instead of stalling the caller (the device's event loop, or a host
+/// client with a deadline). The returned stream is non-blocking.
+pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     // SAFETY: `sockaddr_un` is plain C data for which all zeroes is valid.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
